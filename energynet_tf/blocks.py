@@ -1,0 +1,171 @@
+"""Conditional residual blocks: run the block or output its shortcut, per example."""
+
+import keras
+from keras import ops
+
+PACKAGE = "energynet_tf"
+
+_KERNEL_INIT = "he_normal"
+
+
+def _conv(filters, kernel_size, strides, name):
+    return keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=_KERNEL_INIT,
+        name=name,
+    )
+
+
+def _bn(name):
+    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+
+
+class _ConditionalBlock(keras.layers.Layer):
+    """Shared logic of the basic and bottleneck blocks.
+
+    Subclasses define `self.residual_convs` and `self.residual_bns` (ordered,
+    ReLU between them) and `self.out_channels`.
+    """
+
+    def __init__(self, filters, strides=1, projection=False, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(filters, int) or filters < 1:
+            raise ValueError(
+                f"Argument `filters` must be a positive int; received: {filters!r}"
+            )
+        if strides not in (1, 2):
+            raise ValueError(f"Argument `strides` must be 1 or 2; received: {strides!r}")
+        self.filters = filters
+        self.strides = strides
+        self.projection = bool(projection)
+
+    def _make_shortcut(self, out_channels):
+        if self.projection:
+            self.shortcut_conv = _conv(out_channels, 1, self.strides, "shortcut_conv")
+            self.shortcut_bn = _bn("shortcut_bn")
+        else:
+            self.shortcut_conv = None
+            self.shortcut_bn = None
+
+    @property
+    def convs(self):
+        """The residual branch's convolutions: the work a closed gate removes."""
+        return list(self.residual_convs)
+
+    def build(self, input_shape):
+        in_channels = input_shape[-1]
+        if not self.projection and (self.strides != 1 or in_channels != self.out_channels):
+            raise ValueError(
+                f"Block {self.name!r}: an identity shortcut needs strides 1 and "
+                f"{self.out_channels} input channels; received strides {self.strides} "
+                f"and {in_channels} channels. Use `projection=True`."
+            )
+        shape = tuple(input_shape)
+        for conv, bn in zip(self.residual_convs, self.residual_bns):
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+            bn.build(shape)
+        if self.projection:
+            self.shortcut_conv.build(tuple(input_shape))
+            self.shortcut_bn.build(self.shortcut_conv.compute_output_shape(tuple(input_shape)))
+        self.built = True
+
+    def shortcut(self, inputs, training=False):
+        """What the block outputs when skipped: identity or the projection."""
+        if self.projection:
+            return self.shortcut_bn(self.shortcut_conv(inputs), training=training)
+        return inputs
+
+    def residual(self, inputs, training=False):
+        """The residual branch F(x), without the final addition."""
+        x = inputs
+        last = len(self.residual_convs) - 1
+        for i, (conv, bn) in enumerate(zip(self.residual_convs, self.residual_bns)):
+            x = bn(conv(x), training=training)
+            if i != last:
+                x = ops.relu(x)
+        return x
+
+    def call(self, inputs, decision=None, training=False):
+        """Runs the block; with `decision` (shape `(batch,)`) blends run and skip.
+
+        `decision` 1 gives `relu(F(x) + shortcut(x))`, 0 gives `shortcut(x)`. The
+        blend keeps the straight-through gradient of a soft decision; the exported
+        serving graph replaces it by real control flow (see `export.py`).
+        """
+        shortcut = self.shortcut(inputs, training=training)
+        out = ops.relu(self.residual(inputs, training=training) + shortcut)
+        if decision is None:
+            return out
+        decision = ops.reshape(ops.cast(decision, out.dtype), (-1, 1, 1, 1))
+        return shortcut + decision * (out - shortcut)
+
+    def compute_output_shape(self, input_shape):
+        h, w = input_shape[1], input_shape[2]
+        if self.strides == 2:
+            h = None if h is None else (h + 1) // 2
+            w = None if w is None else (w + 1) // 2
+        return (input_shape[0], h, w, self.out_channels)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"filters": self.filters, "strides": self.strides, "projection": self.projection}
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BasicBlock(_ConditionalBlock):
+    """ResNet basic block (two 3x3 convolutions) that can be skipped per example.
+
+    Args:
+        filters: output channels of both convolutions.
+        strides: 1 or 2, applied by the first convolution and the projection.
+        projection: use a 1x1 conv + BN shortcut (needed where the shape changes).
+        **kwargs: base layer arguments.
+    """
+
+    expansion = 1
+
+    def __init__(self, filters, strides=1, projection=False, **kwargs):
+        super().__init__(filters, strides, projection, **kwargs)
+        self.out_channels = filters
+        self.residual_convs = [
+            _conv(filters, 3, strides, "conv1"),
+            _conv(filters, 3, 1, "conv2"),
+        ]
+        self.residual_bns = [_bn("bn1"), _bn("bn2")]
+        self._make_shortcut(self.out_channels)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BottleneckBlock(_ConditionalBlock):
+    """ResNet-50 bottleneck block (1x1, 3x3, 1x1) that can be skipped per example.
+
+    The stride sits on the 3x3 convolution (ResNet v1.5, as torchvision).
+
+    Args:
+        filters: channels of the 1x1 and 3x3 convolutions; the block outputs
+            `4 * filters` channels.
+        strides: 1 or 2.
+        projection: use a 1x1 conv + BN shortcut (needed where the shape changes).
+        **kwargs: base layer arguments.
+    """
+
+    expansion = 4
+
+    def __init__(self, filters, strides=1, projection=False, **kwargs):
+        super().__init__(filters, strides, projection, **kwargs)
+        self.out_channels = filters * self.expansion
+        self.residual_convs = [
+            _conv(filters, 1, 1, "conv1"),
+            _conv(filters, 3, strides, "conv2"),
+            _conv(self.out_channels, 1, 1, "conv3"),
+        ]
+        self.residual_bns = [_bn("bn1"), _bn("bn2"), _bn("bn3")]
+        self._make_shortcut(self.out_channels)

@@ -1,0 +1,324 @@
+"""The EnergyNet model: a gated ResNet trained on cross-entropy + alpha * energy."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from energynet_tf import backbone
+from energynet_tf import blocks as blocks_lib
+from energynet_tf import energy as energy_lib
+from energynet_tf import gates as gates_lib
+from energynet_tf import metrics as metrics_lib
+from energynet_tf import systolic
+
+PACKAGE = "energynet_tf"
+
+
+def _as_dataclass(value, cls, name):
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(
+                f"Argument `{name}` has unknown keys {unknown}; expected keys from {sorted(known)}"
+            )
+        return cls(**value)
+    raise TypeError(
+        f"Argument `{name}` must be a {cls.__name__} or a dict; received: {value!r}"
+    )
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class EnergyNet(keras.Model):
+    """A residual network whose blocks are skipped per input by RNN gates.
+
+    Block 0 always runs; the gate fed by block i's output decides block i + 1
+    (DESIGN 1.2). Training minimises cross-entropy + `alpha` * the normalised
+    expected energy `(E_fixed + sum_b p_b E_b) / E_total` (DESIGN 1.3), with
+    hard decisions in the forward pass and straight-through gradients.
+
+    Args:
+        depth: 8, 14, 20, 32, 38, 44, 56, 74, 110 (CIFAR ResNets) or 50 (ResNet-50).
+        num_classes: number of classes.
+        image_shape: `(height, width, channels)` of the inputs; the energy
+            table depends on it.
+        baseline: build the same network without gates (every block runs).
+        gate_units: width of the gates' projections and shared LSTM cell.
+        gate_bias_init: initial bias of the gates' output unit; positive
+            starts with the gates open.
+        alpha: initial energy weight; a non-trainable variable that callbacks
+            change with `assign`.
+        accelerator: `systolic.AcceleratorConfig` (or its dict) for the energy table.
+        energy_costs: `systolic.EnergyCosts` (or its dict).
+        **kwargs: base model arguments (`name`, ...).
+
+    Raises:
+        ValueError: for an unsupported depth, a bad shape or a negative alpha.
+    """
+
+    def __init__(
+        self,
+        depth=38,
+        num_classes=10,
+        image_shape=(32, 32, 3),
+        baseline=False,
+        gate_units=10,
+        gate_bias_init=1.0,
+        alpha=0.1,
+        accelerator=None,
+        energy_costs=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.spec = backbone.backbone_spec(depth)
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(
+                f"Argument `num_classes` must be an int >= 2; received: {num_classes!r}"
+            )
+        image_shape = tuple(image_shape)
+        if len(image_shape) != 3 or not all(isinstance(d, int) and d > 0 for d in image_shape):
+            raise ValueError(
+                "Argument `image_shape` must be three positive ints (height, width, "
+                f"channels); received: {image_shape!r}"
+            )
+        alpha = float(alpha)
+        if not np.isfinite(alpha) or alpha < 0:
+            raise ValueError(f"Argument `alpha` must be finite and >= 0; received: {alpha!r}")
+        self.depth = depth
+        self.num_classes = num_classes
+        self.image_shape = image_shape
+        self.baseline = bool(baseline)
+        self.gate_units = gate_units
+        self.gate_bias_init = float(gate_bias_init)
+        self.accelerator = _as_dataclass(accelerator, systolic.AcceleratorConfig, "accelerator")
+        self.energy_costs = _as_dataclass(energy_costs, systolic.EnergyCosts, "energy_costs")
+
+        self.energy_table = energy_lib.energy_table(
+            self.spec,
+            image_shape,
+            num_classes,
+            gate_units=None if self.baseline else gate_units,
+            accelerator=self.accelerator,
+            costs=self.energy_costs,
+        )
+        self.num_gates = self.spec.num_blocks - 1
+        self._build_layers()
+        self.alpha = self.add_weight(
+            name="alpha",
+            shape=(),
+            initializer=keras.initializers.Constant(alpha),
+            trainable=False,
+        )
+        self.energy_tracker = metrics_lib.EnergyMetrics(self.energy_table, name="energy_metrics")
+        self.skip_tracker = metrics_lib.SkipRatios(self.num_gates, name="skip_ratios")
+        self.ce_tracker = keras.metrics.Mean(name="cross_entropy")
+        self.build((None,) + image_shape)
+
+    # -- construction -------------------------------------------------------
+    def _build_layers(self):
+        spec = self.spec
+        if spec.stem == "imagenet":
+            self.stem_conv = keras.layers.Conv2D(
+                spec.stem_filters, 7, strides=2, padding="same", use_bias=False,
+                kernel_initializer="he_normal", name="stem_conv")
+            self.stem_pool = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")
+        else:
+            self.stem_conv = keras.layers.Conv2D(
+                spec.stem_filters, 3, strides=1, padding="same", use_bias=False,
+                kernel_initializer="he_normal", name="stem_conv")
+            self.stem_pool = None
+        self.stem_bn = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="stem_bn")
+        block_cls = blocks_lib.BottleneckBlock if spec.block == "bottleneck" else blocks_lib.BasicBlock
+        self.res_blocks = []
+        channels = spec.stem_filters
+        for stage in spec.stages:
+            for i in range(stage.blocks):
+                strides = stage.strides if i == 0 else 1
+                out_channels = stage.filters * block_cls.expansion
+                projection = strides != 1 or channels != out_channels
+                self.res_blocks.append(
+                    block_cls(stage.filters, strides, projection, name=f"block{len(self.res_blocks):02d}")
+                )
+                channels = out_channels
+        self.gate = None
+        if not self.baseline and self.num_gates > 0:
+            self.gate = gates_lib.RNNGate(
+                self.num_gates, self.gate_units, self.gate_bias_init, name="gate")
+        self.head_pool = keras.layers.GlobalAveragePooling2D(name="head_pool")
+        self.classifier = keras.layers.Dense(self.num_classes, name="classifier")
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        self.stem_conv.build(shape)
+        shape = self.stem_conv.compute_output_shape(shape)
+        self.stem_bn.build(shape)
+        if self.stem_pool is not None:
+            shape = self.stem_pool.compute_output_shape(shape)
+        for i, block in enumerate(self.res_blocks):
+            if i > 0 and self.gate is not None:
+                self.gate.build_projection(i - 1, shape[-1])
+            block.build(shape)
+            shape = block.compute_output_shape(shape)
+        if self.gate is not None:
+            self.gate.build(None)
+        self.classifier.build((None, shape[-1]))
+        self.built = True
+
+    # -- forward --------------------------------------------------------------
+    def _check_inputs(self, inputs):
+        if not (inputs.dtype.is_floating if hasattr(inputs.dtype, "is_floating")
+                else np.issubdtype(np.dtype(inputs.dtype), np.floating)):
+            raise TypeError(
+                f"EnergyNet expects float images of shape (batch,) + {self.image_shape}; "
+                f"received dtype {inputs.dtype}"
+            )
+        shape = tuple(inputs.shape)
+        if len(shape) != 4 or any(
+            s is not None and s != e for s, e in zip(shape[1:], self.image_shape)
+        ):
+            raise ValueError(
+                f"EnergyNet expects images of shape (batch,) + {self.image_shape}; "
+                f"received shape {shape}"
+            )
+
+    def forward(self, inputs, training=False, gate_override=None):
+        """Runs the network and returns logits with the gates' decisions.
+
+        Args:
+            inputs: float images, shape `(batch,) + image_shape`.
+            training: training mode (batch statistics, straight-through masks).
+            gate_override: None for the learned gates, or a float tensor of
+                shape `(batch, num_gates)` or `(num_gates,)` of 0/1 decisions
+                that replace them (the gates still run, for their cost).
+
+        Returns:
+            A dict with `logits` `(batch, num_classes)`, `probabilities` (gate
+            probabilities, `(batch, num_gates)`), `masks` (the decisions used,
+            with straight-through gradients in training) and `decisions`
+            (the hard 0/1 decisions, no gradient).
+        """
+        self._check_inputs(inputs)
+        x = ops.relu(self.stem_bn(self.stem_conv(inputs), training=training))
+        if self.stem_pool is not None:
+            x = self.stem_pool(x)
+        batch = ops.shape(inputs)[0]
+        probabilities, masks = [], []
+        states = None
+        if gate_override is not None:
+            gate_override = ops.convert_to_tensor(gate_override, dtype=x.dtype)
+            if len(gate_override.shape) == 1:
+                gate_override = ops.broadcast_to(gate_override[None, :], (batch, self.num_gates))
+        for i, block in enumerate(self.res_blocks):
+            if i == 0 or self.gate is None:
+                x = block(x, training=training)
+                continue
+            p, states = self.gate(x, gate_index=i - 1, states=states, training=training)
+            if gate_override is not None:
+                m = gate_override[:, i - 1]
+            else:
+                m = gates_lib.straight_through(p, training)
+            probabilities.append(p)
+            masks.append(m)
+            x = block(x, decision=m, training=training)
+        logits = self.classifier(self.head_pool(x))
+        if masks:
+            probabilities = ops.stack(probabilities, axis=1)
+            masks = ops.stack(masks, axis=1)
+        else:
+            # A baseline: every block runs.
+            probabilities = ops.ones((batch, self.num_gates), dtype=logits.dtype)
+            masks = ops.ones((batch, self.num_gates), dtype=logits.dtype)
+        decisions = ops.stop_gradient(ops.cast(ops.greater(masks, 0.5), logits.dtype))
+        return {
+            "logits": logits,
+            "probabilities": probabilities,
+            "masks": masks,
+            "decisions": decisions,
+        }
+
+    def call(self, inputs, training=False):
+        return self.forward(inputs, training=training)["logits"]
+
+    # -- energy ---------------------------------------------------------------
+    def expected_energy(self, probabilities):
+        """Normalised expected energy per example, `(E_fixed + sum_b p_b E_b) / E_total`.
+
+        Args:
+            probabilities: `(batch, num_gates)` gate probabilities.
+
+        Returns:
+            A `(batch,)` tensor, differentiable in `probabilities`.
+        """
+        table = self.energy_table
+        block = ops.convert_to_tensor(np.asarray(table.block_energy, np.float32).reshape(-1, 1))
+        spent = table.fixed_energy + ops.matmul(probabilities, block)[:, 0]
+        return spent / table.total_energy
+
+    def inference_energy(self, decisions):
+        """Normalised energy per example with hard decisions and the gates' cost.
+
+        Args:
+            decisions: `(batch, num_gates)` 0/1 decisions.
+
+        Returns:
+            A `(batch,)` tensor `(E_fixed + E_gates + sum_b m_b E_b) / E_total`.
+        """
+        return metrics_lib.normalised_energy(self.energy_table, decisions)
+
+    # -- training -------------------------------------------------------------
+    def _step(self, data, training):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        out = self.forward(x, training=training)
+        # Keras loss objects already divide by the number of replicas; the
+        # hand-made energy term must be scaled the same way (DESIGN 4).
+        ce = self.compute_loss(x=x, y=y, y_pred=out["logits"], sample_weight=sample_weight, training=training)
+        energy = ops.mean(self.expected_energy(out["probabilities"]))
+        num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        loss = ce + ops.cast(self.alpha, ce.dtype) * energy / num_replicas
+        return x, y, sample_weight, out, ce, loss
+
+    def _update_metrics(self, x, y, sample_weight, out, ce, loss):
+        num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        batch = ops.shape(out["logits"])[0]
+        self._loss_tracker.update_state(loss * num_replicas, sample_weight=batch)
+        self.ce_tracker.update_state(ce * num_replicas, sample_weight=batch)
+        self.energy_tracker.update_state(out["decisions"], out["probabilities"])
+        self.skip_tracker.update_state(out["decisions"])
+        return self.compute_metrics(x, y, out["logits"], sample_weight=sample_weight)
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            x, y, sample_weight, out, ce, loss = self._step(data, training=True)
+            scaled = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, self.trainable_weights)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
+        return self._update_metrics(x, y, sample_weight, out, ce, loss)
+
+    def test_step(self, data):
+        x, y, sample_weight, out, ce, loss = self._step(data, training=False)
+        return self._update_metrics(x, y, sample_weight, out, ce, loss)
+
+    # -- serialisation ----------------------------------------------------------
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "depth": self.depth,
+                "num_classes": self.num_classes,
+                "image_shape": list(self.image_shape),
+                "baseline": self.baseline,
+                "gate_units": self.gate_units,
+                "gate_bias_init": self.gate_bias_init,
+                "alpha": float(self.alpha.numpy()) if hasattr(self, "alpha") else 0.1,
+                "accelerator": dataclasses.asdict(self.accelerator),
+                "energy_costs": dataclasses.asdict(self.energy_costs),
+            }
+        )
+        return config
