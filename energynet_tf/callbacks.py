@@ -1,0 +1,275 @@
+"""Keras callbacks: the alpha phase schedule (DESIGN 1.4) and training guards."""
+
+import dataclasses
+import json
+import math
+
+import keras
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseSchedule:
+    """The three-phase alpha schedule of EnergyNet (DESIGN 1.4).
+
+    Phase I trains with `alpha1` until `target_accuracy` (the baseline's
+    validation accuracy) is reached or `phase1_epochs` have run. Phase II
+    retrains the phase I model with `alpha2`. Phase III (`alpha3`) runs only
+    if phase II lost more than `restore_threshold` points of phase I's
+    validation accuracy. Each phase has its own cosine-decayed learning rate,
+    starting at `lr1`, `lr2` or `lr3`, after `warmup_epochs` of linear warm-up
+    in phase I.
+
+    Raises:
+        ValueError: naming the field, for a negative or non-finite value.
+    """
+
+    phase1_epochs: int = 160
+    phase2_epochs: int = 40
+    phase3_epochs: int = 20
+    alpha1: float = 0.1
+    alpha2: float = 0.9
+    alpha3: float = 0.1
+    lr1: float = 0.1
+    lr2: float = 0.01
+    lr3: float = 0.001
+    restore_threshold: float = 0.1
+    target_accuracy: float = None
+    warmup_epochs: int = 0
+
+    def __post_init__(self):
+        for name in ("phase1_epochs", "phase2_epochs", "phase3_epochs", "warmup_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"PhaseSchedule.{name} must be an int >= 0; received: {value!r}")
+        if self.phase1_epochs < 1:
+            raise ValueError(f"PhaseSchedule.phase1_epochs must be >= 1; received: {self.phase1_epochs}")
+        for name in ("alpha1", "alpha2", "alpha3", "lr1", "lr2", "lr3", "restore_threshold"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"PhaseSchedule.{name} must be a finite number >= 0; received: {value!r}")
+        if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
+            raise ValueError(
+                f"PhaseSchedule.target_accuracy must be in (0, 1] or None; received: {self.target_accuracy!r}"
+            )
+
+    @property
+    def max_epochs(self):
+        """Epochs if every phase runs to its end."""
+        return self.phase1_epochs + self.phase2_epochs + self.phase3_epochs
+
+    def alpha(self, phase):
+        return {1: self.alpha1, 2: self.alpha2, 3: self.alpha3}[phase]
+
+    def base_lr(self, phase):
+        return {1: self.lr1, 2: self.lr2, 3: self.lr3}[phase]
+
+    def length(self, phase):
+        return {1: self.phase1_epochs, 2: self.phase2_epochs, 3: self.phase3_epochs}[phase]
+
+
+def cosine_lr(base_lr, progress, warmup=0.0):
+    """Cosine decay from `base_lr` to 0 over `progress` in [0, 1], after linear warm-up."""
+    if warmup > 0 and progress < warmup:
+        return base_lr * (progress / warmup)
+    if warmup > 0:
+        progress = (progress - warmup) / (1.0 - warmup)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+class AlphaPhases(keras.callbacks.Callback):
+    """Drives `model.alpha` and the learning rate through the three phases.
+
+    Each epoch it assigns `alpha` (a non-trainable variable of the model) and
+    sets the learning rate per step; it writes `phase`, `alpha` and `lr` into
+    the epoch's logs. At the end of phase II it compares validation accuracy
+    with phase I's and decides whether phase III runs, recording why in
+    `phase3_reason`. It stops training when the schedule is over. Its state
+    (`get_state`/`set_state`) is saved with checkpoints so an interrupted run
+    resumes in the right phase.
+
+    Args:
+        schedule: a `PhaseSchedule`.
+        steps_per_epoch: training steps per epoch (for the per-step LR).
+        monitor: the validation accuracy key of the logs.
+        verbose: print phase transitions.
+    """
+
+    def __init__(self, schedule, steps_per_epoch, monitor="val_accuracy", verbose=True):
+        super().__init__()
+        if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+            raise ValueError(f"Argument `steps_per_epoch` must be an int >= 1; received: {steps_per_epoch!r}")
+        self.schedule = schedule
+        self.steps_per_epoch = steps_per_epoch
+        self.monitor = monitor
+        self.verbose = verbose
+        self.phase = 1
+        self.phase_start_epoch = 0
+        self.phases = []  # finished phases: {phase, alpha, epochs, val_accuracy}
+        self.phase3_reason = None
+        self.finished = False
+        self._epoch = 0
+
+    # -- state ----------------------------------------------------------------
+    def get_state(self):
+        """A JSON-serialisable snapshot of the schedule's progress."""
+        return {
+            "phase": self.phase,
+            "phase_start_epoch": self.phase_start_epoch,
+            "phases": self.phases,
+            "phase3_reason": self.phase3_reason,
+            "finished": self.finished,
+        }
+
+    def set_state(self, state):
+        """Restores a snapshot from `get_state`."""
+        self.phase = int(state["phase"])
+        self.phase_start_epoch = int(state["phase_start_epoch"])
+        self.phases = list(state["phases"])
+        self.phase3_reason = state["phase3_reason"]
+        self.finished = bool(state["finished"])
+
+    # -- hooks ------------------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        if self.finished:
+            self.model.stop_training = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self.model.alpha.assign(self.schedule.alpha(self.phase))
+        self._set_lr(epoch, 0)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._set_lr(self._epoch, batch)
+
+    def _set_lr(self, epoch, batch):
+        length = max(self.schedule.length(self.phase), 1)
+        progress = ((epoch - self.phase_start_epoch) + batch / self.steps_per_epoch) / length
+        warmup = self.schedule.warmup_epochs / length if self.phase == 1 else 0.0
+        lr = cosine_lr(self.schedule.base_lr(self.phase), progress, min(warmup, 1.0))
+        self.model.optimizer.learning_rate.assign(lr)
+        self._lr = lr
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        logs["phase"] = float(self.phase)
+        logs["alpha"] = float(self.model.alpha.numpy())
+        logs["lr"] = float(self._lr)
+        accuracy = logs.get(self.monitor, logs.get("accuracy"))
+        epochs_in_phase = epoch + 1 - self.phase_start_epoch
+        schedule = self.schedule
+        if self.phase == 1:
+            reached = (
+                schedule.target_accuracy is not None
+                and accuracy is not None
+                and accuracy >= schedule.target_accuracy
+            )
+            if reached or epochs_in_phase >= schedule.phase1_epochs:
+                self._end_phase(epoch, accuracy, "target accuracy reached" if reached else "epochs done")
+                if schedule.phase2_epochs == 0:
+                    self._finish("phase III did not run: no phase II (phase2_epochs = 0)")
+        elif self.phase == 2:
+            if epochs_in_phase >= schedule.phase2_epochs:
+                self._end_phase(epoch, accuracy, "epochs done")
+                self._decide_phase3()
+        elif self.phase == 3:
+            if epochs_in_phase >= schedule.phase3_epochs:
+                self._end_phase(epoch, accuracy, "epochs done")
+                self._finish(None)
+
+    def _end_phase(self, epoch, accuracy, why):
+        record = {
+            "phase": self.phase,
+            "alpha": self.schedule.alpha(self.phase),
+            "epochs": epoch + 1 - self.phase_start_epoch,
+            "val_accuracy": None if accuracy is None else float(accuracy),
+            "ended_because": why,
+        }
+        self.phases.append(record)
+        if self.verbose:
+            print(f"[phases] phase {self.phase} ended after {record['epochs']} epochs ({why}); "
+                  f"val_accuracy {record['val_accuracy']}", flush=True)
+        self.phase += 1
+        self.phase_start_epoch = epoch + 1
+
+    def _decide_phase3(self):
+        phase1, phase2 = self.phases[0]["val_accuracy"], self.phases[1]["val_accuracy"]
+        if phase1 is None or phase2 is None:
+            reason = f"phase III did not run: no `{self.monitor}` in the logs to compare"
+            self._finish(reason)
+            return
+        drop = 100.0 * (phase1 - phase2)
+        threshold = self.schedule.restore_threshold
+        if drop > threshold and self.schedule.phase3_epochs > 0:
+            self.phase3_reason = (
+                f"phase III ran: phase II lost {drop:.2f} points of validation accuracy "
+                f"({100 * phase1:.2f}% -> {100 * phase2:.2f}%), more than the {threshold} threshold"
+            )
+            if self.verbose:
+                print(f"[phases] {self.phase3_reason}", flush=True)
+        elif drop > threshold:
+            self._finish(
+                f"phase III did not run: phase II lost {drop:.2f} points (> {threshold}) "
+                "but phase3_epochs is 0"
+            )
+        else:
+            self._finish(
+                f"phase III did not run: phase II lost {drop:.2f} points of validation accuracy "
+                f"({100 * phase1:.2f}% -> {100 * phase2:.2f}%), within the {threshold} threshold"
+            )
+
+    def _finish(self, reason):
+        if reason is not None:
+            self.phase3_reason = reason
+            if self.verbose:
+                print(f"[phases] {reason}", flush=True)
+        self.finished = True
+        self.model.stop_training = True
+
+
+class ConstantSchedule(AlphaPhases):
+    """Baseline training: one phase with alpha 0 and a cosine learning rate."""
+
+    def __init__(self, epochs, lr, steps_per_epoch, warmup_epochs=0, **kwargs):
+        schedule = PhaseSchedule(
+            phase1_epochs=epochs, phase2_epochs=0, phase3_epochs=0,
+            alpha1=0.0, lr1=lr, warmup_epochs=warmup_epochs,
+        )
+        super().__init__(schedule, steps_per_epoch, **kwargs)
+
+    def _finish(self, reason):
+        # A baseline has no phases II/III to explain.
+        super()._finish(None)
+
+
+class NonFiniteLossGuard(keras.callbacks.Callback):
+    """Stops training at the first NaN or infinite loss and remembers where."""
+
+    def __init__(self):
+        super().__init__()
+        self.bad_batch = None
+        self.bad_epoch = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            self.bad_batch, self.bad_epoch = batch, self._epoch
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if self.bad_batch is None and loss is not None and not np.isfinite(float(loss)):
+            self.bad_batch, self.bad_epoch = -1, epoch
+            self.model.stop_training = True
+
+    @property
+    def tripped(self):
+        return self.bad_batch is not None
+
+
+def state_to_json(state):
+    return json.dumps(state, sort_keys=True)

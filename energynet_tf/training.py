@@ -1,0 +1,265 @@
+"""Resumable training and evaluation of an EnergyNet (used by the trainers)."""
+
+import json
+import math
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from energynet_tf import callbacks as callbacks_lib
+from energynet_tf import io_utils
+from energynet_tf import metrics as metrics_lib
+
+
+class TrainingError(RuntimeError):
+    """Training could not go on (for example a NaN loss); the message says why."""
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves weights, optimizer, epoch, schedule state and wall time after each epoch.
+
+    A `tf.train.CheckpointManager` writes the checkpoint files first and its
+    index last (atomically), so a kill at any moment leaves the previous
+    checkpoint usable. An epoch whose loss is not finite is not saved.
+    """
+
+    def __init__(self, manager, checkpoint, schedule_callback, guard, clock):
+        super().__init__()
+        self.manager = manager
+        self.checkpoint = checkpoint
+        self.schedule_callback = schedule_callback
+        self.guard = guard
+        self.clock = clock
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.guard.tripped:
+            return
+        self.checkpoint.epoch.assign(epoch + 1)
+        self.checkpoint.schedule_state.assign(json.dumps(self.schedule_callback.get_state(), sort_keys=True))
+        self.checkpoint.wall_seconds.assign(self.clock())
+        self.checkpoint.history.assign(
+            json.dumps(json.loads(self.checkpoint.history.numpy().decode()) + [_jsonable(logs)], sort_keys=True)
+        )
+        self.manager.save(checkpoint_number=epoch + 1)
+
+
+class ProgressLogger(keras.callbacks.Callback):
+    """Prints compact progress: step rate, loss, accuracy, energy savings."""
+
+    def __init__(self, steps_per_epoch, batch_size, every=50, stream=None):
+        super().__init__()
+        self.steps_per_epoch = steps_per_epoch
+        self.batch_size = batch_size
+        self.every = every
+        self.stream = stream or sys.stdout
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._start = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (batch + 1) % self.every == 0 or batch + 1 == self.steps_per_epoch:
+            logs = logs or {}
+            rate = (batch + 1) * self.batch_size / max(time.time() - self._start, 1e-9)
+            print(
+                f"epoch {self._epoch + 1} step {batch + 1}/{self.steps_per_epoch} "
+                f"{rate:.0f} img/s loss {float(logs.get('loss', float('nan'))):.4f} "
+                f"acc {float(logs.get('accuracy', float('nan'))):.4f} "
+                f"energy_savings {float(logs.get('energy_savings', float('nan'))):.4f}",
+                file=self.stream, flush=True,
+            )
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        keys = ("loss", "accuracy", "energy_savings", "val_loss", "val_accuracy",
+                "val_energy_savings", "val_block_energy_savings", "alpha", "phase", "lr")
+        parts = [f"{k} {float(logs[k]):.4f}" for k in keys if k in logs]
+        print(f"epoch {epoch + 1} done in {time.time() - self._start:.0f}s: " + ", ".join(parts),
+              file=self.stream, flush=True)
+
+
+class SkipRatioBoard(keras.callbacks.Callback):
+    """Writes per-block skip ratios under `skip_ratio/` in TensorBoard."""
+
+    def __init__(self, log_dir, num_gates):
+        super().__init__()
+        self.num_gates = num_gates
+        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "skip_ratios"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        with self.writer.as_default():
+            for prefix in ("", "val_"):
+                for i in range(self.num_gates):
+                    key = prefix + metrics_lib.skip_key(i)
+                    if key in logs:
+                        tf.summary.scalar(f"{prefix}skip_ratio/block_{i + 1:02d}", float(logs[key]), step=epoch)
+        self.writer.flush()
+
+
+def _jsonable(logs):
+    return {k: float(v) for k, v in (logs or {}).items()}
+
+
+def make_optimizer(momentum=0.9, weight_decay=1e-4, nesterov=True):
+    """SGD with momentum and decoupled weight decay; the LR is set by the schedule."""
+    return keras.optimizers.SGD(
+        learning_rate=0.0, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
+    )
+
+
+def compile_model(model, optimizer, top5=False):
+    """Compiles `model` with cross-entropy on logits and accuracy metrics."""
+    metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    if top5:
+        metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"))
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=metrics,
+    )
+
+
+def train_and_evaluate(
+    model,
+    make_data,
+    model_dir,
+    schedule,
+    batch_size,
+    optimizer,
+    top5=False,
+    verbose=True,
+    extra_metrics=None,
+    extra_callbacks=(),
+):
+    """Trains `model` through the alpha phases, resuming from `model_dir`, and evaluates it.
+
+    Args:
+        model: an `EnergyNet` (its `baseline` flag selects a one-phase schedule).
+        make_data: `f(start_epoch, end_epoch)` returning an object with
+            `train`, `validation`, `test` datasets and `steps_per_epoch`.
+        model_dir: where checkpoints, TensorBoard logs, `metrics.json` and
+            `model.keras` go; an existing checkpoint there is resumed.
+        schedule: a `callbacks.PhaseSchedule` (for a baseline, phase I's epochs
+            and learning rate are used and alpha is 0).
+        batch_size: training batch size (for progress output).
+        optimizer: a Keras optimizer (its learning rate is set per step).
+        top5: also report top-5 accuracy.
+        verbose: print progress.
+        extra_metrics: dict merged into `metrics.json`.
+        extra_callbacks: more Keras callbacks.
+
+    Returns:
+        The dict written to `metrics.json`.
+
+    Raises:
+        TrainingError: if the loss became NaN or infinite (the last good
+            checkpoint is kept).
+    """
+    os.makedirs(model_dir, exist_ok=True)
+    compile_model(model, optimizer, top5=top5)
+    optimizer.build(model.trainable_variables)
+    checkpoint = tf.train.Checkpoint(
+        model=model,
+        optimizer=optimizer,
+        epoch=tf.Variable(0, dtype=tf.int64),
+        schedule_state=tf.Variable(""),
+        wall_seconds=tf.Variable(0.0, dtype=tf.float64),
+        history=tf.Variable("[]"),
+    )
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=2)
+
+    probe = make_data(0, 1)
+    steps_per_epoch = probe.steps_per_epoch
+    if model.baseline:
+        phases = callbacks_lib.ConstantSchedule(
+            schedule.phase1_epochs, schedule.lr1, steps_per_epoch,
+            warmup_epochs=schedule.warmup_epochs, verbose=verbose)
+    else:
+        phases = callbacks_lib.AlphaPhases(schedule, steps_per_epoch, verbose=verbose)
+    max_epochs = phases.schedule.max_epochs
+
+    start_epoch = 0
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        start_epoch = int(checkpoint.epoch.numpy())
+        phases.set_state(json.loads(checkpoint.schedule_state.numpy().decode()))
+        if verbose:
+            print(f"Resuming from {manager.latest_checkpoint} (epoch {start_epoch}, phase {phases.phase})", flush=True)
+    previous_wall = float(checkpoint.wall_seconds.numpy())
+    started = time.time()
+
+    def clock():
+        return previous_wall + (time.time() - started)
+
+    guard = callbacks_lib.NonFiniteLossGuard()
+    saver = EpochCheckpoint(manager, checkpoint, phases, guard, clock)
+    tensorboard_dir = os.path.join(model_dir, "tensorboard")
+    callbacks = [
+        phases,
+        guard,
+        saver,
+        keras.callbacks.TensorBoard(tensorboard_dir, write_graph=False),
+        SkipRatioBoard(tensorboard_dir, model.num_gates),
+    ]
+    if verbose:
+        callbacks.append(ProgressLogger(steps_per_epoch, batch_size))
+    callbacks.extend(extra_callbacks)
+
+    data = make_data(start_epoch, max_epochs)
+    if not phases.finished and start_epoch < max_epochs:
+        model.fit(
+            data.train,
+            epochs=max_epochs,
+            initial_epoch=start_epoch,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=data.validation,
+            callbacks=callbacks,
+            verbose=0,
+        )
+    if guard.tripped:
+        raise TrainingError(
+            f"the loss became NaN or infinite in epoch {guard.bad_epoch + 1} "
+            f"(batch {guard.bad_batch + 1}); training stopped and the last good checkpoint "
+            f"({manager.latest_checkpoint or 'none'}) was kept. Lower the learning rate or alpha."
+        )
+    if manager.latest_checkpoint and int(checkpoint.epoch.numpy()) > 0:
+        # Evaluate the state of the last checkpoint (identical after a resume).
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    epochs_run = int(checkpoint.epoch.numpy())
+    history = json.loads(checkpoint.history.numpy().decode())
+    test = model.evaluate(data.test, return_dict=True, verbose=0)
+    table = model.energy_table
+    metrics = {
+        "test_accuracy": float(test["accuracy"]),
+        "test_loss": float(test["loss"]),
+        "test_cross_entropy": float(test["cross_entropy"]),
+        "baseline_energy": table.total_energy,
+        "energy_savings": float(test["energy_savings"]),
+        "block_energy_savings": float(test["block_energy_savings"]),
+        "mac_savings": float(test["mac_savings"]),
+        "normalised_energy": float(test["energy"]),
+        "skip_ratio_per_block": metrics_lib.skip_ratios_from_logs(test, model.num_gates),
+        "phases": phases.phases,
+        "phase3_reason": phases.phase3_reason,
+        "epochs": epochs_run,
+        "wall_seconds": clock(),
+        "energy_table": table.as_dict(),
+        "history": history,
+        "baseline": bool(model.baseline),
+    }
+    if top5:
+        metrics["test_top5_accuracy"] = float(test["top5_accuracy"])
+    if history:
+        last = history[-1]
+        for key in ("val_accuracy", "val_energy_savings"):
+            if key in last:
+                metrics["final_" + key] = last[key]
+    metrics.update(extra_metrics or {})
+    io_utils.atomic_save_model(model, os.path.join(model_dir, "model.keras"))
+    io_utils.atomic_write_json(os.path.join(model_dir, "metrics.json"), metrics)
+    return metrics
