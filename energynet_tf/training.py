@@ -126,7 +126,7 @@ def compile_model(model, optimizer, top5=False):
 
 def train_and_evaluate(
     model,
-    make_data,
+    data,
     model_dir,
     schedule,
     batch_size,
@@ -140,8 +140,9 @@ def train_and_evaluate(
 
     Args:
         model: an `EnergyNet` (its `baseline` flag selects a one-phase schedule).
-        make_data: `f(start_epoch, end_epoch)` returning an object with
-            `train`, `validation`, `test` datasets and `steps_per_epoch`.
+        data: a `data.common.ClassificationData` (its `train_epochs(start,
+            end)` gives the training stream of any epoch range, so a resumed
+            run sees exactly the batches an uninterrupted run would).
         model_dir: where checkpoints, TensorBoard logs, `metrics.json` and
             `model.keras` go; an existing checkpoint there is resumed.
         schedule: a `callbacks.PhaseSchedule` (for a baseline, phase I's epochs
@@ -173,8 +174,7 @@ def train_and_evaluate(
     )
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=2)
 
-    probe = make_data(0, 1)
-    steps_per_epoch = probe.steps_per_epoch
+    steps_per_epoch = data.steps_per_epoch
     if model.baseline:
         phases = callbacks_lib.ConstantSchedule(
             schedule.phase1_epochs, schedule.lr1, steps_per_epoch,
@@ -210,15 +210,15 @@ def train_and_evaluate(
         callbacks.append(ProgressLogger(steps_per_epoch, batch_size))
     callbacks.extend(extra_callbacks)
 
-    data = make_data(start_epoch, max_epochs)
     if not phases.finished and start_epoch < max_epochs:
         model.fit(
-            data.train,
+            data.train_epochs(start_epoch, max_epochs),
             epochs=max_epochs,
             initial_epoch=start_epoch,
             steps_per_epoch=steps_per_epoch,
             validation_data=data.validation,
             callbacks=callbacks,
+            shuffle=False,  # the stream is already shuffled per epoch, reproducibly
             verbose=0,
         )
     if guard.tripped:

@@ -1,0 +1,283 @@
+"""Flags and the run driver shared by the trainers (flags live only in trainers/)."""
+
+import json
+import os
+import sys
+import time
+
+# Keep TensorFlow's C++ start-up chatter out of the progress output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+# Keys of config.json that may change between a run and its resumption.
+_RESUMABLE_KEYS = ("model_dir", "data_dir", "verbose")
+
+
+class UsageError(Exception):
+    """A bad flag value or run directory: reported in one line, exit status 2."""
+
+
+def define_flags(default_depth, default_batch_size=128):
+    """Defines the flags common to the trainers."""
+    flags.DEFINE_string("data_dir", None, "Data directory (see the trainer's doc); falls back to TFDS_DATA_DIR.")
+    flags.DEFINE_string("model_dir", None, "Run directory: checkpoints, TensorBoard logs, metrics.json, config.json, model.keras. Rerun with the same directory to resume.")
+    flags.DEFINE_integer("depth", default_depth, "Network depth: 8, 14, 20, 32, 38, 44, 56, 74, 110 (CIFAR ResNets) or 50 (ResNet-50).")
+    flags.DEFINE_boolean("baseline", False, "Train the baseline: the same network without gates.")
+    flags.DEFINE_integer("epochs", None, "Epochs per phase (EnergyNet: overrides --phase{1,2,3}_epochs) or in total (--baseline: overrides --phase1_epochs).")
+    flags.DEFINE_integer("phase1_epochs", 160, "Phase I (alpha1) epochs at most; also the baseline's epochs.")
+    flags.DEFINE_integer("phase2_epochs", 40, "Phase II (alpha2) epochs.")
+    flags.DEFINE_integer("phase3_epochs", 20, "Phase III (alpha3) epochs, run only if phase II lost more than --restore_threshold points.")
+    flags.DEFINE_float("alpha1", 0.1, "Energy weight of phase I.")
+    flags.DEFINE_float("alpha2", 0.9, "Energy weight of phase II.")
+    flags.DEFINE_float("alpha3", 0.1, "Energy weight of phase III.")
+    flags.DEFINE_float("lr1", 0.1, "Peak learning rate of phase I (and of a baseline); cosine decay within each phase.")
+    flags.DEFINE_float("lr2", 0.01, "Learning rate at the start of phase II.")
+    flags.DEFINE_float("lr3", 0.001, "Learning rate at the start of phase III.")
+    flags.DEFINE_integer("warmup_epochs", 0, "Linear learning-rate warm-up epochs at the start of phase I.")
+    flags.DEFINE_float("restore_threshold", 0.1, "Phase III runs if phase II lost more than this many points of validation accuracy.")
+    flags.DEFINE_float("target_accuracy", None, "End phase I early once validation accuracy reaches this (the baseline's), in [0, 1].")
+    flags.DEFINE_integer("batch_size", default_batch_size, "Training batch size.")
+    flags.DEFINE_integer("eval_batch_size", 256, "Evaluation batch size.")
+    flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
+    flags.DEFINE_integer("max_train_examples", None, "Train on the first N training examples only (smoke runs).")
+    flags.DEFINE_float("weight_decay", 1e-4, "Decoupled weight decay of SGD.")
+    flags.DEFINE_float("momentum", 0.9, "SGD (Nesterov) momentum.")
+    flags.DEFINE_integer("gate_units", 10, "Width of the gates' projections and shared LSTM cell.")
+    flags.DEFINE_float("gate_bias_init", 1.0, "Initial bias of the gates' output unit (positive: gates start open).")
+    flags.DEFINE_string("init_from", None, "A baseline's model.keras (or run directory) whose weights initialise the backbone.")
+    flags.DEFINE_integer("array_rows", 32, "Systolic array rows of the accelerator in the energy model.")
+    flags.DEFINE_integer("array_cols", 32, "Systolic array columns.")
+    flags.DEFINE_enum("dataflow", "os", ["os", "ws", "is"], "Dataflow: output, weight or input stationary.")
+    flags.DEFINE_float("ifmap_sram_kb", 64, "Ifmap SRAM size in kB.")
+    flags.DEFINE_float("filter_sram_kb", 64, "Filter SRAM size in kB.")
+    flags.DEFINE_float("ofmap_sram_kb", 64, "Ofmap SRAM size in kB.")
+    flags.DEFINE_boolean("deterministic", True, "TensorFlow op determinism: the same seed gives the same run.")
+    flags.DEFINE_boolean("verbose", True, "Print progress.")
+
+
+def check_flags(extra_config):
+    """Validates flag values; returns the resolved run configuration.
+
+    Raises:
+        UsageError: naming the flag, the value and what is allowed.
+    """
+    from energynet_tf import backbone
+
+    if not FLAGS.model_dir:
+        raise UsageError("--model_dir is required: the run directory (e.g. --model_dir=runs/energynet38)")
+    if FLAGS.depth not in backbone.SUPPORTED_DEPTHS:
+        raise UsageError(f"--depth={FLAGS.depth} is not supported; allowed: {', '.join(map(str, backbone.SUPPORTED_DEPTHS))}")
+    positive = ["batch_size", "eval_batch_size", "gate_units", "array_rows", "array_cols"]
+    for name in positive:
+        value = getattr(FLAGS, name)
+        if value < 1:
+            raise UsageError(f"--{name}={value} must be a positive integer")
+    for name in ("ifmap_sram_kb", "filter_sram_kb", "ofmap_sram_kb"):
+        value = getattr(FLAGS, name)
+        if not value > 0:
+            raise UsageError(f"--{name}={value} must be > 0")
+    for name in ("epochs", "max_train_examples"):
+        value = getattr(FLAGS, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name}={value} must be a positive integer (or left unset)")
+    if FLAGS.phase1_epochs < 1:
+        raise UsageError(f"--phase1_epochs={FLAGS.phase1_epochs} must be >= 1")
+    for name in ("phase2_epochs", "phase3_epochs", "warmup_epochs", "seed"):
+        value = getattr(FLAGS, name)
+        if value < 0:
+            raise UsageError(f"--{name}={value} must be >= 0")
+    for name in ("alpha1", "alpha2", "alpha3", "lr1", "lr2", "lr3", "restore_threshold", "weight_decay", "momentum"):
+        value = getattr(FLAGS, name)
+        if not (value >= 0 and value < float("inf")):
+            raise UsageError(f"--{name}={value} must be a finite number >= 0")
+    if FLAGS.momentum >= 1:
+        raise UsageError(f"--momentum={FLAGS.momentum} must be in [0, 1)")
+    if FLAGS.target_accuracy is not None and not 0 < FLAGS.target_accuracy <= 1:
+        raise UsageError(f"--target_accuracy={FLAGS.target_accuracy} must be in (0, 1] (a fraction, not a percentage)")
+    if FLAGS.init_from is not None and not os.path.exists(_model_file(FLAGS.init_from)):
+        raise UsageError(f"--init_from={FLAGS.init_from}: no such model file ({_model_file(FLAGS.init_from)})")
+
+    phase_epochs = [FLAGS.phase1_epochs, FLAGS.phase2_epochs, FLAGS.phase3_epochs]
+    if FLAGS.epochs is not None:
+        phase_epochs = [FLAGS.epochs] * 3
+    if FLAGS.baseline:
+        phase_epochs = [phase_epochs[0], 0, 0]
+    config = {
+        "model_dir": FLAGS.model_dir,
+        "data_dir": FLAGS.data_dir,
+        "depth": FLAGS.depth,
+        "baseline": FLAGS.baseline,
+        "phase1_epochs": phase_epochs[0],
+        "phase2_epochs": phase_epochs[1],
+        "phase3_epochs": phase_epochs[2],
+        "alpha1": FLAGS.alpha1,
+        "alpha2": FLAGS.alpha2,
+        "alpha3": FLAGS.alpha3,
+        "lr1": FLAGS.lr1,
+        "lr2": FLAGS.lr2,
+        "lr3": FLAGS.lr3,
+        "warmup_epochs": FLAGS.warmup_epochs,
+        "restore_threshold": FLAGS.restore_threshold,
+        "target_accuracy": FLAGS.target_accuracy,
+        "batch_size": FLAGS.batch_size,
+        "eval_batch_size": FLAGS.eval_batch_size,
+        "seed": FLAGS.seed,
+        "max_train_examples": FLAGS.max_train_examples,
+        "weight_decay": FLAGS.weight_decay,
+        "momentum": FLAGS.momentum,
+        "gate_units": FLAGS.gate_units,
+        "gate_bias_init": FLAGS.gate_bias_init,
+        "init_from": FLAGS.init_from,
+        "accelerator": {
+            "array_rows": FLAGS.array_rows,
+            "array_cols": FLAGS.array_cols,
+            "dataflow": FLAGS.dataflow,
+            "ifmap_sram_kb": FLAGS.ifmap_sram_kb,
+            "filter_sram_kb": FLAGS.filter_sram_kb,
+            "ofmap_sram_kb": FLAGS.ofmap_sram_kb,
+        },
+        "deterministic": FLAGS.deterministic,
+        "verbose": FLAGS.verbose,
+    }
+    config.update(extra_config)
+    return config
+
+
+def _model_file(path):
+    return os.path.join(path, "model.keras") if os.path.isdir(path) else path
+
+
+def check_run_dir(config):
+    """Refuses a model_dir that holds a run of a different configuration.
+
+    Raises:
+        UsageError: naming the first differing setting.
+    """
+    path = os.path.join(config["model_dir"], "config.json")
+    if os.path.isdir(config["model_dir"]) and not os.path.exists(path):
+        if os.path.exists(os.path.join(config["model_dir"], "checkpoints")):
+            raise UsageError(f"--model_dir={config['model_dir']} has checkpoints but no config.json; use a new directory")
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            previous = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--model_dir={config['model_dir']}: cannot read {path} ({e}); use a new directory") from None
+    for key in sorted(set(previous) | set(config)):
+        if key in _RESUMABLE_KEYS:
+            continue
+        if previous.get(key) != config.get(key):
+            raise UsageError(
+                f"--model_dir={config['model_dir']} holds a run with {key}={previous.get(key)!r}, "
+                f"but this run has {key}={config.get(key)!r}; use the same flags to resume or a new --model_dir"
+            )
+
+
+def init_from_baseline(model, path):
+    """Copies a baseline's backbone weights (stem, blocks, head) into `model`."""
+    import keras
+
+    source = keras.saving.load_model(_model_file(path), compile=False)
+    if source.depth != model.depth or source.image_shape != model.image_shape or source.num_classes != model.num_classes:
+        raise UsageError(
+            f"--init_from={path} is a depth-{source.depth} model for {source.image_shape} images and "
+            f"{source.num_classes} classes; this run needs depth {model.depth}, {model.image_shape}, {model.num_classes}"
+        )
+    layers = ["stem_conv", "stem_bn", "classifier"] + [b.name for b in model.res_blocks]
+    for name in layers:
+        model.get_layer(name).set_weights(source.get_layer(name).get_weights())
+
+
+def run(config, make_model, make_data, top5=False):
+    """Builds, trains and evaluates; writes config.json first.
+
+    Args:
+        config: the resolved configuration from `check_flags`.
+        make_model: `f(config)` returning an `EnergyNet`.
+        make_data: `f(config)` returning a `data.common.ClassificationData`.
+        top5: report top-5 accuracy.
+
+    Returns:
+        The metrics dict.
+    """
+    import keras
+    import tensorflow as tf
+
+    from energynet_tf import callbacks as callbacks_lib
+    from energynet_tf import io_utils
+    from energynet_tf import training
+
+    check_run_dir(config)
+    # Data problems (missing dataset, bad sizes) surface before anything is written.
+    data = make_data(config)
+    keras.utils.set_random_seed(config["seed"])
+    if config["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+    model = make_model(config)
+    if config["init_from"]:
+        init_from_baseline(model, config["init_from"])
+    schedule = callbacks_lib.PhaseSchedule(
+        phase1_epochs=config["phase1_epochs"],
+        phase2_epochs=config["phase2_epochs"],
+        phase3_epochs=config["phase3_epochs"],
+        alpha1=config["alpha1"], alpha2=config["alpha2"], alpha3=config["alpha3"],
+        lr1=config["lr1"], lr2=config["lr2"], lr3=config["lr3"],
+        restore_threshold=config["restore_threshold"],
+        target_accuracy=config["target_accuracy"],
+        warmup_epochs=config["warmup_epochs"],
+    )
+    os.makedirs(config["model_dir"], exist_ok=True)
+    io_utils.atomic_write_json(os.path.join(config["model_dir"], "config.json"), config)
+    if config["verbose"]:
+        table = model.energy_table
+        print(
+            f"EnergyNet depth {config['depth']}{' baseline' if config['baseline'] else ''}: "
+            f"{model.count_params():,} parameters, {model.num_gates} gates; E_total {table.total_energy:.4g}, "
+            f"E_fixed {table.fixed_energy / table.total_energy:.1%}, E_gates {table.gate_energy / table.total_energy:.3%} of E_total",
+            flush=True,
+        )
+    optimizer = training.make_optimizer(momentum=config["momentum"], weight_decay=config["weight_decay"])
+    return training.train_and_evaluate(
+        model,
+        data,
+        config["model_dir"],
+        schedule,
+        config["batch_size"],
+        optimizer,
+        top5=top5,
+        verbose=config["verbose"],
+    )
+
+
+def main_guard(fn):
+    """Runs `fn()`; known user errors print one line to stderr and exit with status 2."""
+    from energynet_tf.data import common as data_common
+    from energynet_tf import training
+
+    logging.set_verbosity(logging.WARNING)
+    start = time.time()
+    try:
+        metrics = fn()
+    except (UsageError, data_common.DataNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except training.TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    if metrics is not None and FLAGS.verbose:
+        summary = {k: metrics[k] for k in ("test_accuracy", "energy_savings", "block_energy_savings", "mac_savings", "epochs") if k in metrics}
+        print(f"done in {time.time() - start:.0f}s: {json.dumps(summary)}", flush=True)
+
+
+def parse_flags_or_exit(argv):
+    """absl flags parser that reports bad flags in one line with exit status 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
