@@ -107,6 +107,9 @@ def check_prepared(data_dir: str, source: str = "data_dir") -> str:
     found = sorted(os.listdir(os.path.join(data_dir, TFDS_NAME))) if (
         os.path.isdir(os.path.join(data_dir, TFDS_NAME))) else []
     found_text = f" (found versions: {', '.join(found)})" if found else ""
+    nested = os.path.join(data_dir, "tensorflow_datasets")
+    if os.path.isdir(os.path.join(nested, TFDS_NAME, TFDS_VERSION)):
+      found_text += f" (but {nested}/{TFDS_NAME}/{TFDS_VERSION} exists)"
     raise DataNotFoundError(
         f"CIFAR-10 (tfds '{TFDS_NAME}' {TFDS_VERSION}) is not prepared in "
         f"{where}: searched {version_dir}, missing "
