@@ -54,6 +54,8 @@ def backbone_spec(depth):
     Raises:
         ValueError: if `depth` is not supported.
     """
+    if not isinstance(depth, int) or isinstance(depth, bool):
+        raise ValueError(f"Argument `depth` must be an int from {SUPPORTED_DEPTHS}; received: {depth!r}")
     if depth in IMAGENET_DEPTHS:
         return BackboneSpec(
             block="bottleneck",

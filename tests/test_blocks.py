@@ -1,0 +1,63 @@
+"""Tests of energynet_tf/blocks.py: conditional basic and bottleneck blocks."""
+
+import keras
+import numpy as np
+import pytest
+
+from energynet_tf import blocks
+
+
+def _run(block, x, **kwargs):
+    return block(x, **kwargs).numpy()
+
+
+@pytest.mark.parametrize("cls, filters, strides, projection, channels", [
+    (blocks.BasicBlock, 8, 1, False, 8),
+    (blocks.BasicBlock, 16, 2, True, 8),
+    (blocks.BottleneckBlock, 4, 1, True, 8),
+    (blocks.BottleneckBlock, 2, 1, False, 8),
+    (blocks.BottleneckBlock, 8, 2, True, 16),
+])
+def test_closed_block_outputs_exactly_its_shortcut(cls, filters, strides, projection, channels):
+    keras.utils.set_random_seed(0)
+    block = cls(filters, strides, projection)
+    x = np.random.default_rng(0).normal(size=(3, 8, 8, channels)).astype("float32")
+    closed = _run(block, x, decision=np.zeros(3, "float32"))
+    np.testing.assert_array_equal(closed, np.asarray(block.shortcut(x)))
+    if not projection:
+        np.testing.assert_array_equal(closed, x)
+    opened = _run(block, x, decision=np.ones(3, "float32"))
+    np.testing.assert_allclose(opened, block(x).numpy(), rtol=1e-6, atol=1e-6)
+    mixed = _run(block, x, decision=np.array([1, 0, 1], "float32"))
+    np.testing.assert_allclose(mixed[0], opened[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(mixed[1], closed[1])
+    assert opened.shape == block.compute_output_shape(x.shape)
+
+
+def test_bottleneck_output_channels_and_stride():
+    block = blocks.BottleneckBlock(4, 2, True)
+    out = _run(block, np.ones((1, 7, 7, 8), "float32"))
+    assert out.shape == (1, 4, 4, 16)
+    assert [c.kernel_size for c in block.convs] == [(1, 1), (3, 3), (1, 1)]
+    assert block.convs[1].strides == (2, 2)
+
+
+def test_identity_shortcut_with_shape_change_is_rejected():
+    block = blocks.BasicBlock(16, 2, projection=False)
+    with pytest.raises(ValueError, match="projection=True"):
+        block.build((None, 8, 8, 8))
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"filters": 0}, "filters"),
+    ({"filters": 4, "strides": 3}, "strides"),
+])
+def test_bad_arguments(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        blocks.BasicBlock(**kwargs)
+
+
+def test_config_round_trip_non_default():
+    block = blocks.BottleneckBlock(12, strides=2, projection=True, name="b")
+    clone = blocks.BottleneckBlock.from_config(block.get_config())
+    assert (clone.filters, clone.strides, clone.projection, clone.name) == (12, 2, True, "b")
