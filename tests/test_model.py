@@ -1,0 +1,204 @@
+"""Tests of energynet_tf/model.py: the EnergyNet model and its energy-aware steps."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from energynet_tf import metrics as metrics_lib
+from energynet_tf import training
+from energynet_tf.model import EnergyNet
+
+
+def _trainable(model):
+    return sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+
+
+# Trainable parameters of the baselines: He et al.'s CIFAR ResNets (ResNet-20
+# 0.27M, ResNet-110 1.7M) and ResNet-50 with a 200-class head
+# (25,557,032 - 2048 * 800 - 800 for the 1000-class one).
+BASELINE_TRAINABLE = {
+    8: 78_042, 20: 272_474, 38: 564_122, 56: 855_770, 74: 1_147_418, 110: 1_730_714,
+}
+
+
+def _gate_params(widths, units=10):
+    # Own projection per gate; one LSTM cell (4 gates, input + recurrent) and one output unit.
+    return sum(c * units + units for c in widths) + 4 * units * (2 * units) + 4 * units + units + 1
+
+
+@pytest.mark.parametrize("depth", sorted(BASELINE_TRAINABLE))
+def test_exact_parameter_counts(depth):
+    baseline = EnergyNet(depth=depth, baseline=True)
+    gated = EnergyNet(depth=depth)
+    assert _trainable(baseline) == BASELINE_TRAINABLE[depth]
+    n = (depth - 2) // 6
+    # Gate g sits before block g + 1 and sees the output of block g.
+    widths = [16] * n + [32] * n + [64] * (n - 1)
+    assert gated.num_gates == 3 * n - 1 == len(widths)
+    assert _trainable(gated) - _trainable(baseline) == _gate_params(widths)
+
+
+def test_resnet50_parameter_count():
+    model = EnergyNet(depth=50, num_classes=200, image_shape=(64, 64, 3), baseline=True)
+    assert _trainable(model) == 23_917_832
+    gated = EnergyNet(depth=50, num_classes=200, image_shape=(64, 64, 3))
+    assert gated.num_gates == 15
+    # Gates see the outputs of blocks 0..14: 3 x 256, 4 x 512, 6 x 1024, 2 x 2048 channels.
+    widths = [256] * 3 + [512] * 4 + [1024] * 6 + [2048] * 2
+    assert _trainable(gated) - _trainable(model) == _gate_params(widths)
+
+
+def _data(n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 32, 32, 3)).astype("float32"), rng.integers(0, 10, n)
+
+
+def _compiled(depth=8, **kwargs):
+    keras.utils.set_random_seed(0)
+    model = EnergyNet(depth=depth, **kwargs)
+    training.compile_model(model, keras.optimizers.SGD(0.05, momentum=0.9))
+    return model
+
+
+def test_gradients_reach_every_gate_weight():
+    model = _compiled(depth=14)
+    x, y = _data()
+    with tf.GradientTape() as tape:
+        out = model.forward(x, training=True)
+        ce = keras.losses.sparse_categorical_crossentropy(y, out["logits"], from_logits=True)
+        loss = tf.reduce_mean(ce) + model.alpha * tf.reduce_mean(model.expected_energy(out["probabilities"]))
+    gate_vars = model.gate.trainable_weights
+    assert len(gate_vars) == 2 * model.num_gates + 3 + 2
+    for var, grad in zip(gate_vars, tape.gradient(loss, gate_vars)):
+        assert grad is not None, var.path
+        assert np.any(grad.numpy() != 0), var.path
+
+
+def test_cross_entropy_alone_reaches_gates_through_straight_through():
+    model = _compiled(depth=8)
+    x, y = _data()
+    with tf.GradientTape() as tape:
+        out = model.forward(x, training=True)
+        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, out["logits"], from_logits=True))
+    grad = tape.gradient(loss, model.gate.output_dense.kernel)
+    assert grad is not None and np.any(grad.numpy() != 0)
+
+
+def test_energy_term_equals_hand_computation():
+    model = _compiled(depth=14)
+    table = model.energy_table
+    p = np.random.default_rng(3).uniform(size=(5, model.num_gates)).astype("float32")
+    expected = (table.fixed_energy + p @ np.array(table.block_energy)) / table.total_energy
+    np.testing.assert_allclose(model.expected_energy(p).numpy(), expected, rtol=1e-6)
+    m = (p > 0.5).astype("float32")
+    hard = (table.fixed_energy + table.gate_energy + m @ np.array(table.block_energy)) / table.total_energy
+    np.testing.assert_allclose(model.inference_energy(m).numpy(), hard, rtol=1e-6)
+    # E_total is the baseline network's energy: E_fixed + sum_b E_b.
+    assert table.total_energy == pytest.approx(table.fixed_energy + sum(table.block_energy))
+
+
+def test_train_step_loss_is_cross_entropy_plus_alpha_energy():
+    model = _compiled(depth=8, alpha=0.7)
+    x, y = _data()
+    logs = model.evaluate(x, y, batch_size=8, return_dict=True, verbose=0)
+    out = model.forward(x)
+    energy = float(np.mean(model.expected_energy(out["probabilities"]).numpy()))
+    assert logs["loss"] == pytest.approx(logs["cross_entropy"] + 0.7 * energy, rel=1e-5)
+    assert logs["expected_energy"] == pytest.approx(energy, rel=1e-5)
+
+
+def test_forced_gates_and_skip_metrics():
+    model = _compiled(depth=14)
+    x, _ = _data(4)
+    closed = model.forward(x, gate_override=np.zeros(model.num_gates, "float32"))
+    opened = model.forward(x, gate_override=np.ones(model.num_gates, "float32"))
+    table = model.energy_table
+    e_closed = model.inference_energy(closed["decisions"]).numpy()
+    np.testing.assert_allclose(e_closed, (table.fixed_energy + table.gate_energy) / table.total_energy, rtol=1e-6)
+    np.testing.assert_allclose(model.inference_energy(opened["decisions"]).numpy(),
+                               1 + table.gate_energy / table.total_energy, rtol=1e-6)
+    tracker = metrics_lib.SkipRatios(model.num_gates)
+    tracker.update_state(closed["decisions"])
+    assert all(float(v) == 1.0 for v in tracker.result().values())
+    # A closed network equals running only the always-on layers: changing a
+    # gated block's weights cannot change its output.
+    before = closed["logits"].numpy()
+    kernel = model.res_blocks[2].convs[0].kernel
+    kernel.assign(kernel * 3.0)
+    after = model.forward(x, gate_override=np.zeros(model.num_gates, "float32"))["logits"].numpy()
+    np.testing.assert_array_equal(before, after)
+
+
+def test_baseline_has_no_gates_and_no_savings():
+    model = _compiled(depth=8, baseline=True)
+    assert model.gate is None
+    x, y = _data()
+    logs = model.evaluate(x, y, return_dict=True, verbose=0)
+    assert logs["energy_savings"] == pytest.approx(0.0, abs=1e-7)
+    assert model.energy_table.gate_energy == 0.0
+
+
+def test_keras_round_trip_identical_outputs_and_gates(tmp_path):
+    keras.utils.set_random_seed(2)
+    model = EnergyNet(depth=14, num_classes=7, gate_units=6, gate_bias_init=0.1, alpha=0.3,
+                      accelerator={"array_rows": 16, "array_cols": 8, "dataflow": "ws"},
+                      energy_costs={"dram": 100.0}, name="custom")
+    training.compile_model(model, keras.optimizers.SGD(0.01))
+    x, y = _data()
+    y = y % 7
+    model.fit(x, y, epochs=1, batch_size=4, verbose=0)  # move BN statistics and weights
+    model.alpha.assign(0.45)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(loaded, EnergyNet)
+    a, b = model.forward(x), loaded.forward(x)
+    np.testing.assert_array_equal(a["logits"].numpy(), b["logits"].numpy())
+    np.testing.assert_array_equal(a["decisions"].numpy(), b["decisions"].numpy())
+    np.testing.assert_array_equal(a["probabilities"].numpy(), b["probabilities"].numpy())
+    assert float(loaded.alpha.numpy()) == pytest.approx(0.45)
+    assert loaded.accelerator == model.accelerator and loaded.energy_costs == model.energy_costs
+    assert loaded.energy_table.block_energy == model.energy_table.block_energy
+    assert (loaded.gate_units, loaded.num_classes, loaded.name) == (6, 7, "custom")
+
+
+def test_few_training_steps_reduce_the_loss():
+    model = _compiled(depth=8, alpha=0.1)
+    x, y = _data(32, seed=4)
+    before = model.evaluate(x, y, return_dict=True, verbose=0)["loss"]
+    model.fit(x, y, epochs=8, batch_size=16, verbose=0, shuffle=False)
+    after = model.evaluate(x, y, return_dict=True, verbose=0)["loss"]
+    assert after < before * 0.8
+
+
+def test_energy_loss_closes_gates():
+    # With only the energy term to minimise (alpha large, no data signal to keep
+    # blocks), training must close gates.
+    model = _compiled(depth=14, alpha=50.0, gate_bias_init=0.5)
+    x, y = _data(32, seed=5)
+    start = model.evaluate(x, y, return_dict=True, verbose=0)["energy_savings"]
+    model.fit(x, y, epochs=10, batch_size=16, verbose=0)
+    end = model.evaluate(x, y, return_dict=True, verbose=0)["energy_savings"]
+    assert end > start + 0.2
+
+
+@pytest.mark.parametrize("kwargs, error, needle", [
+    ({"depth": 21}, ValueError, "depth"),
+    ({"alpha": -0.1}, ValueError, "alpha"),
+    ({"num_classes": 1}, ValueError, "num_classes"),
+    ({"image_shape": (32, 32)}, ValueError, "image_shape"),
+    ({"accelerator": {"rows": 3}}, ValueError, "accelerator"),
+    ({"accelerator": 3}, TypeError, "accelerator"),
+])
+def test_bad_constructor_arguments(kwargs, error, needle):
+    with pytest.raises(error, match=needle):
+        EnergyNet(**kwargs)
+
+
+def test_bad_inputs_are_rejected_clearly():
+    model = _compiled(depth=8)
+    with pytest.raises(ValueError, match=r"\(32, 32, 3\)"):
+        model(np.zeros((2, 28, 28, 3), "float32"))
+    with pytest.raises(TypeError, match="float"):
+        model(np.zeros((2, 32, 32, 3), "uint8"))
