@@ -1,0 +1,128 @@
+"""Tests of energynet_tf/callbacks.py: the alpha phases and the NaN guard."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from energynet_tf import callbacks
+
+
+class _FakeModel:
+    """Just what the callbacks touch: alpha, the optimizer's LR, stop_training."""
+
+    def __init__(self):
+        self.alpha = keras.Variable(0.0, trainable=False)
+        self.optimizer = keras.optimizers.SGD(0.0)
+        self.stop_training = False
+
+
+def _drive(callback, accuracies, steps=2):
+    """Runs epochs with the given validation accuracies until the callback stops."""
+    model = _FakeModel()
+    callback.set_model(model)
+    callback.on_train_begin()
+    seen = []
+    for epoch, accuracy in enumerate(accuracies):
+        if model.stop_training:
+            break
+        callback.on_epoch_begin(epoch)
+        for batch in range(steps):
+            callback.on_train_batch_begin(batch)
+        logs = {"val_accuracy": accuracy}
+        callback.on_epoch_end(epoch, logs)
+        seen.append((logs["phase"], round(logs["alpha"], 6)))
+    return seen, model
+
+
+def _schedule(**kwargs):
+    defaults = dict(phase1_epochs=2, phase2_epochs=2, phase3_epochs=1, lr1=0.1, lr2=0.01, lr3=0.001)
+    defaults.update(kwargs)
+    return callbacks.PhaseSchedule(**defaults)
+
+
+def test_phase3_runs_when_phase2_loses_accuracy():
+    cb = callbacks.AlphaPhases(_schedule(restore_threshold=0.1), steps_per_epoch=2, verbose=False)
+    seen, model = _drive(cb, [0.80, 0.90, 0.88, 0.85, 0.89, 0.5, 0.5])
+    assert seen == [(1, 0.1), (1, 0.1), (2, 0.9), (2, 0.9), (3, 0.1)]
+    assert model.stop_training
+    assert [p["phase"] for p in cb.phases] == [1, 2, 3]
+    assert [p["epochs"] for p in cb.phases] == [2, 2, 1]
+    assert cb.phases[1]["val_accuracy"] == pytest.approx(0.85)
+    assert "phase III ran" in cb.phase3_reason and "5.00 points" in cb.phase3_reason
+
+
+def test_phase3_skipped_within_threshold():
+    cb = callbacks.AlphaPhases(_schedule(restore_threshold=0.5), steps_per_epoch=2, verbose=False)
+    seen, model = _drive(cb, [0.80, 0.90, 0.80, 0.897, 0.1])
+    assert [phase for phase, _ in seen] == [1, 1, 2, 2]
+    assert model.stop_training
+    assert "did not run" in cb.phase3_reason and "0.30 points" in cb.phase3_reason
+    assert [p["phase"] for p in cb.phases] == [1, 2]
+
+
+def test_phase1_ends_at_target_accuracy():
+    cb = callbacks.AlphaPhases(_schedule(phase1_epochs=10, target_accuracy=0.85), steps_per_epoch=2, verbose=False)
+    seen, _ = _drive(cb, [0.5, 0.86, 0.86, 0.86, 0.9])
+    assert [phase for phase, _ in seen] == [1, 1, 2, 2]
+    assert cb.phases[0]["ended_because"] == "target accuracy reached"
+
+
+def test_learning_rate_is_cosine_within_each_phase():
+    cb = callbacks.AlphaPhases(_schedule(phase1_epochs=2, phase2_epochs=1, phase3_epochs=0), steps_per_epoch=4, verbose=False)
+    model = _FakeModel()
+    cb.set_model(model)
+    lrs = []
+    for epoch in range(3):
+        cb.on_epoch_begin(epoch)
+        for batch in range(4):
+            cb.on_train_batch_begin(batch)
+            lrs.append(float(model.optimizer.learning_rate.numpy()))
+        cb.on_epoch_end(epoch, {"val_accuracy": 0.5})
+    expected = [0.1 * 0.5 * (1 + math.cos(math.pi * s / 8)) for s in range(8)]
+    expected += [0.01 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(4)]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-6)
+
+
+def test_state_round_trip_resumes_in_the_right_phase():
+    first = callbacks.AlphaPhases(_schedule(), steps_per_epoch=2, verbose=False)
+    _drive(first, [0.8, 0.9, 0.7])
+    state = first.get_state()
+    second = callbacks.AlphaPhases(_schedule(), steps_per_epoch=2, verbose=False)
+    second.set_state(state)
+    model = _FakeModel()
+    second.set_model(model)
+    second.on_epoch_begin(3)
+    assert float(model.alpha.numpy()) == pytest.approx(0.9)
+    assert second.phase == 2 and second.phase_start_epoch == 2
+
+
+def test_constant_schedule_for_baselines():
+    cb = callbacks.ConstantSchedule(epochs=3, lr=0.1, steps_per_epoch=2, verbose=False)
+    seen, model = _drive(cb, [0.1, 0.2, 0.3, 0.4])
+    assert seen == [(1, 0.0)] * 3 and model.stop_training
+    assert cb.phase3_reason is None
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"alpha2": -1.0}, "alpha2"),
+    ({"phase1_epochs": 0}, "phase1_epochs"),
+    ({"lr1": float("nan")}, "lr1"),
+    ({"target_accuracy": 90.0}, "target_accuracy"),
+    ({"phase3_epochs": -2}, "phase3_epochs"),
+])
+def test_bad_schedules(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        callbacks.PhaseSchedule(**kwargs)
+
+
+def test_nan_guard_stops_training():
+    guard = callbacks.NonFiniteLossGuard()
+    model = _FakeModel()
+    guard.set_model(model)
+    guard.on_epoch_begin(4)
+    guard.on_train_batch_end(0, {"loss": 1.0})
+    assert not guard.tripped
+    guard.on_train_batch_end(1, {"loss": float("nan")})
+    assert guard.tripped and model.stop_training and (guard.bad_epoch, guard.bad_batch) == (4, 1)
