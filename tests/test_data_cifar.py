@@ -372,18 +372,19 @@ def test_arguments_checked_against_dataset_size(data_dir, kwargs, needle):
 @pytest.mark.skipif(not os.path.isdir(os.path.join(REAL_DATA_DIR, "cifar10", "3.0.2")),
                     reason="real CIFAR-10 not at ../shared/data/tensorflow_datasets")
 def test_real_cifar10(no_download):
-  before = sorted(os.listdir(os.path.join(REAL_DATA_DIR, "cifar10", "3.0.2")))
+  version_dir = os.path.join(REAL_DATA_DIR, "cifar10", "3.0.2")
+  before = sorted(os.listdir(version_dir))
+  # Default split; batch 1000 divides the 45,000 training examples.
   data = cifar.load_cifar10(os.path.relpath(REAL_DATA_DIR), batch_size=1000,
-                            validation_examples=0, augment=False)
-  assert data.num_train_examples == 50000 and data.steps_per_epoch == 50
-  assert data.num_test_examples == 10000
+                            augment=False)
+  assert (data.num_train_examples, data.num_validation_examples) == (45000, 5000)
+  assert data.num_test_examples == 10000 and data.steps_per_epoch == 45
   test_labels = concat(collect(data.test))[1]
   np.testing.assert_array_equal(np.bincount(test_labels, minlength=10), [1000] * 10)
-  # One un-augmented epoch is the whole train split: normalised stats ~ 0, 1.
-  total = np.zeros(3)
-  total_sq = np.zeros(3)
-  labels = []
-  for x, y in data.train:
+  # One un-augmented epoch plus the validation tail is the whole train split:
+  # 5,000 per class and normalised statistics ~ 0 and 1.
+  total, total_sq, labels = np.zeros(3), np.zeros(3), []
+  for x, y in data.train.concatenate(data.validation):
     x = x.numpy().astype(np.float64)
     total += x.sum((0, 1, 2))
     total_sq += (x ** 2).sum((0, 1, 2))
@@ -394,9 +395,5 @@ def test_real_cifar10(no_download):
   np.testing.assert_allclose(mean, 0, atol=2e-3)
   np.testing.assert_allclose(std, 1, atol=2e-3)
   np.testing.assert_array_equal(np.bincount(np.concatenate(labels)), [5000] * 10)
-  # Default split: 45,000 / 5,000, disjoint by construction (head / tail).
-  default = cifar.load_cifar10(REAL_DATA_DIR)
-  assert (default.num_train_examples, default.num_validation_examples) == (45000, 5000)
-  assert default.steps_per_epoch == 45000 // 128
   # Nothing was written into the read-only data folder.
-  assert sorted(os.listdir(os.path.join(REAL_DATA_DIR, "cifar10", "3.0.2"))) == before
+  assert sorted(os.listdir(version_dir)) == before
