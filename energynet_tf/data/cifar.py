@@ -30,6 +30,7 @@ from typing import Optional, Tuple
 import tensorflow as tf
 
 from energynet_tf.data import common
+# Re-exported so that callers can catch cifar.DataNotFoundError.
 from energynet_tf.data.common import DataNotFoundError  # pylint: disable=unused-import
 
 TFDS_NAME = "cifar10"
@@ -119,21 +120,17 @@ def check_prepared(data_dir: str, source: str = "data_dir") -> str:
 
 def _read_split(builder, split: str) -> Tuple[tf.Tensor, tf.Tensor]:
   """Reads and decodes a whole split into memory, in the stored order."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   ds = builder.as_dataset(
       split=split, as_supervised=True, shuffle_files=False,
-      decoders={"image": _skip_decoding()})
-  # Decode in parallel ourselves: tfds' own decoding is sequential here.
+      decoders={"image": tfds.decode.SkipDecoding()})
+  # Decode in a parallel map of our own, ordered (deterministic=True).
   ds = ds.map(lambda png, label: (tf.io.decode_png(png, channels=3),
                                   tf.cast(label, tf.int32)),
               num_parallel_calls=common.AUTOTUNE, deterministic=True)
   num_examples = builder.info.splits[split].num_examples
   images, labels = ds.batch(num_examples).get_single_element()
   return tf.ensure_shape(images, (num_examples,) + IMAGE_SHAPE), labels
-
-
-def _skip_decoding():
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return tfds.decode.SkipDecoding()
 
 
 def _example_fn(images: tf.Tensor, labels: tf.Tensor, offset: int,
@@ -200,6 +197,8 @@ def load_cifar10(data_dir: Optional[str] = None,
   directory, source = resolve_data_dir(data_dir)
   check_prepared(directory, source)
 
+  # Imported here, after the checks: tfds takes seconds to import and is not
+  # needed to fail fast.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder(f"{TFDS_NAME}:{TFDS_VERSION}", data_dir=directory)
   num_train_split = builder.info.splits["train"].num_examples
