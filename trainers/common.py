@@ -256,22 +256,30 @@ def run(config, make_model, make_data, top5=False):
 
 def main_guard(fn):
     """Runs `fn()`; known user errors print one line to stderr and exit with status 2."""
-    from energynet_tf.data import common as data_common
-    from energynet_tf import training
-
     logging.set_verbosity(logging.WARNING)
     start = time.time()
     try:
         metrics = fn()
-    except (UsageError, data_common.DataNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except training.TrainingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
+    except UsageError as e:
+        _fail(e, 2)
+    except Exception as e:  # noqa: BLE001 - only the known kinds below are turned into one line
+        # Imported here: a bad flag must be reported before TensorFlow loads.
+        from energynet_tf import training
+        from energynet_tf.data import common as data_common
+
+        if isinstance(e, (data_common.DataNotFoundError, ValueError)):
+            _fail(e, 2)
+        if isinstance(e, training.TrainingError):
+            _fail(e, 3)
+        raise
     if metrics is not None and FLAGS.verbose:
         summary = {k: metrics[k] for k in ("test_accuracy", "energy_savings", "block_energy_savings", "mac_savings", "epochs") if k in metrics}
         print(f"done in {time.time() - start:.0f}s: {json.dumps(summary)}", flush=True)
+
+
+def _fail(error, status):
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    sys.exit(status)
 
 
 def parse_flags_or_exit(argv):

@@ -1,0 +1,141 @@
+"""Tests of trainers/cifar.py: the command line as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# DESIGN 3.1: what other programs read from metrics.json.
+REQUIRED_METRICS = (
+    "test_accuracy", "baseline_energy", "energy_savings", "block_energy_savings", "mac_savings",
+    "skip_ratio_per_block", "phases", "epochs", "wall_seconds",
+)
+
+
+@pytest.fixture(scope="module")
+def fake_data_dir(tmp_path_factory):
+    from energynet_tf.data import testing
+
+    return testing.make_fake_cifar10(str(tmp_path_factory.mktemp("cifar")))
+
+
+def run_trainer(*args, env=None, timeout=300):
+    full_env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    full_env.pop("TFDS_DATA_DIR", None)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "trainers.cifar", *args],
+        cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def error_lines(result):
+    # TensorFlow's C++ runtime prints start-up lines of its own; ours start with "error:".
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def smoke_args(data_dir, model_dir, *extra):
+    return [f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--depth=8", "--epochs=1",
+            "--batch_size=16", "--eval_batch_size=50", "--max_train_examples=64",
+            "--validation_examples=50", *extra]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(fake_data_dir, tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("run") / "m")
+    result = run_trainer(*smoke_args(fake_data_dir, model_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir, result
+
+
+def test_smoke_run_writes_the_documented_outputs(smoke_run):
+    model_dir, result = smoke_run
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    for key in REQUIRED_METRICS:
+        assert key in metrics, key
+    assert metrics["epochs"] == 2  # phase I and phase II, one epoch each; phase III decided
+    assert [p["phase"] for p in metrics["phases"]][:2] == [1, 2]
+    assert {"phase", "alpha", "epochs", "val_accuracy"} <= set(metrics["phases"][0])
+    assert metrics["phase3_reason"].startswith("phase III")
+    assert len(metrics["skip_ratio_per_block"]) == 2
+    assert metrics["baseline_energy"] > 0
+    with open(os.path.join(model_dir, "config.json")) as f:
+        config = json.load(f)
+    assert config["depth"] == 8 and config["phase1_epochs"] == 1
+    assert os.path.exists(os.path.join(model_dir, "model.keras"))
+    assert any(name.endswith(".index") for name in os.listdir(os.path.join(model_dir, "checkpoints")))
+    events = [f for root, _, files in os.walk(os.path.join(model_dir, "tensorboard")) for f in files]
+    assert any(f.startswith("events.out.tfevents") for f in events)
+    assert "epoch 1 done" in result.stdout and "alpha 0.1000" in result.stdout
+
+
+def test_tensorboard_has_energy_alpha_and_skip_scalars(smoke_run):
+    import tensorflow as tf
+
+    model_dir, _ = smoke_run
+    tags = set()
+    for root, _, files in os.walk(os.path.join(model_dir, "tensorboard")):
+        for name in files:
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
+                for value in event.summary.value:
+                    tags.add(value.tag)
+    for tag in ("epoch_loss", "epoch_accuracy", "epoch_energy_savings", "epoch_alpha", "skip_ratio/block_01"):
+        assert tag in tags, sorted(tags)
+
+
+def test_rerun_resumes_and_changes_nothing(smoke_run, fake_data_dir):
+    model_dir, _ = smoke_run
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        before = json.load(f)
+    result = run_trainer(*smoke_args(fake_data_dir, model_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resuming" in result.stdout
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        after = json.load(f)
+    assert after["epochs"] == before["epochs"]
+    assert after["test_accuracy"] == before["test_accuracy"]
+    assert after["history"] == before["history"]
+
+
+def test_model_dir_of_another_configuration_is_refused(smoke_run, fake_data_dir):
+    model_dir, _ = smoke_run
+    stamp = os.path.getmtime(os.path.join(model_dir, "metrics.json"))
+    result = run_trainer(*smoke_args(fake_data_dir, model_dir, "--depth=14"))
+    assert result.returncode == 2
+    assert "depth=8" in result.stderr and "depth=14" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert os.path.getmtime(os.path.join(model_dir, "metrics.json")) == stamp
+
+
+def test_missing_data_fails_fast_and_writes_nothing(tmp_path):
+    model_dir = tmp_path / "m"
+    start = time.time()
+    result = run_trainer(f"--data_dir={tmp_path / 'nowhere'}", f"--model_dir={model_dir}", "--depth=8")
+    assert result.returncode == 2
+    assert time.time() - start < 60
+    assert "--data_dir" in result.stderr and "TFDS_DATA_DIR" in result.stderr
+    assert len(error_lines(result)) == 1
+    assert not model_dir.exists()
+
+
+@pytest.mark.parametrize("flag, needle", [
+    ("--batch_size=0", "--batch_size=0"),
+    ("--depth=21", "--depth=21"),
+    ("--alpha2=-1", "--alpha2=-1"),
+    ("--dataflow=xs", "dataflow"),
+    ("--array_rows=0", "--array_rows=0"),
+    ("--target_accuracy=92", "--target_accuracy=92"),
+])
+def test_bad_flags_exit_2_with_one_line(flag, needle, tmp_path, fake_data_dir):
+    model_dir = tmp_path / "m"
+    result = run_trainer(f"--data_dir={fake_data_dir}", f"--model_dir={model_dir}", flag)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(error_lines(result)) == 1 and needle in error_lines(result)[0]
+    assert "Traceback" not in result.stderr
+    assert not model_dir.exists()
