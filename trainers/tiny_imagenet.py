@@ -1,0 +1,74 @@
+"""Trains and evaluates EnergyNet-50 (or its baseline) on Tiny ImageNet.
+
+    python -m trainers.tiny_imagenet --data_dir=../shared/data/tiny-imagenet-200-subset.zip --model_dir=runs/energynet50
+
+`--data_dir` is the archive (`tiny-imagenet-200.zip` or the subset), the
+extracted `tiny-imagenet-200/` directory, or a directory holding one of them.
+The archive's val split is the validation and the test set (its test split
+has no labels). Images are upscaled to `--image_size` (224, as the authors'
+code did; 64 runs natively).
+"""
+
+from absl import app
+from absl import flags
+
+from trainers import common
+
+common.define_flags(default_depth=50, default_batch_size=64)
+flags.DEFINE_integer("image_size", 224, "Input height and width (bilinear resize of the 64x64 images).")
+flags.DEFINE_integer("max_eval_examples", None, "Evaluate on the first N validation images only (smoke runs).")
+
+FLAGS = flags.FLAGS
+
+
+def _make_model(config):
+    from energynet_tf.model import EnergyNet
+
+    size = config["image_size"]
+    return EnergyNet(
+        depth=config["depth"],
+        num_classes=200,
+        image_shape=(size, size, 3),
+        baseline=config["baseline"],
+        gate_units=config["gate_units"],
+        gate_bias_init=config["gate_bias_init"],
+        alpha=config["alpha1"],
+        accelerator=config["accelerator"],
+    )
+
+
+def _make_data(config):
+    from energynet_tf.data import tiny_imagenet
+
+    if not config["data_dir"]:
+        raise common.UsageError(
+            "--data_dir is required: the Tiny ImageNet archive or its directory, "
+            "e.g. --data_dir=../shared/data/tiny-imagenet-200-subset.zip")
+    return tiny_imagenet.load_tiny_imagenet(
+        config["data_dir"],
+        batch_size=config["batch_size"],
+        eval_batch_size=config["eval_batch_size"],
+        image_size=config["image_size"],
+        seed=config["seed"],
+        max_train_examples=config["max_train_examples"],
+        max_eval_examples=config["max_eval_examples"],
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise common.UsageError(f"unexpected arguments {argv[1:]}; flags look like --name=value")
+    if FLAGS.image_size < 32:
+        raise common.UsageError(f"--image_size={FLAGS.image_size} must be >= 32")
+    if FLAGS.max_eval_examples is not None and FLAGS.max_eval_examples < 1:
+        raise common.UsageError(f"--max_eval_examples={FLAGS.max_eval_examples} must be a positive integer")
+    config = common.check_flags({
+        "dataset": "tiny_imagenet",
+        "image_size": FLAGS.image_size,
+        "max_eval_examples": FLAGS.max_eval_examples,
+    })
+    return common.run(config, _make_model, _make_data, top5=True)
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: common.main_guard(lambda: main(argv)), flags_parser=common.parse_flags_or_exit)
