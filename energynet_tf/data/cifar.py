@@ -135,7 +135,10 @@ def _read_split(builder, split: str) -> Tuple[tf.Tensor, tf.Tensor]:
 
 def _example_fn(images: tf.Tensor, labels: tf.Tensor, offset: int,
                 augment: bool):
-  """Returns `(index, key) -> (image, label)` over `images[offset:]`."""
+  """Returns `(index, key) -> (image, label)` over `images[offset:]`.
+
+  Without a key, `index` may also be a vector: the result is then a batch.
+  """
 
   def example(index, key):
     index = index + offset
@@ -225,13 +228,14 @@ def load_cifar10(data_dir: Optional[str] = None,
 
   test = common.make_eval_dataset(
       _example_fn(test_images, test_labels, 0, False),
-      num_examples=num_test, batch_size=eval_batch_size)
+      num_examples=num_test, batch_size=eval_batch_size, vectorized=True)
   if validation_examples:
     # The tail of the train split: disjoint from the training part, which is
     # (a prefix of) the head.
     validation = common.make_eval_dataset(
         _example_fn(train_images, train_labels, train_part, False),
-        num_examples=validation_examples, batch_size=eval_batch_size)
+        num_examples=validation_examples, batch_size=eval_batch_size,
+        vectorized=True)
     num_validation = validation_examples
   else:
     validation, num_validation = test, num_test

@@ -304,21 +304,29 @@ def make_train_stream(example_fn: ExampleFn, *, num_examples: int,
 
 
 def make_eval_dataset(example_fn: ExampleFn, *, num_examples: int,
-                      batch_size: int) -> tf.data.Dataset:
+                      batch_size: int, vectorized: bool = False
+                      ) -> tf.data.Dataset:
   """Builds un-augmented batches of `range(num_examples)`, in order.
 
   Args:
     example_fn: maps `(index, None)` to `(image, label)`.
     num_examples: number of examples.
     batch_size: batch size; the last batch may be smaller.
+    vectorized: `example_fn` also maps a vector of indices to a batch; it is
+      then called once per batch (for in-memory data, several times faster
+      than a call per example).
 
   Returns:
     A `tf.data.Dataset` of `(images, labels)` batches.
   """
   ds = tf.data.Dataset.range(num_examples)
-  ds = ds.map(lambda i: example_fn(i, None), num_parallel_calls=AUTOTUNE,
-              deterministic=True)
-  ds = ds.batch(batch_size)
+  if vectorized:
+    ds = ds.batch(batch_size).map(lambda i: example_fn(i, None),
+                                  num_parallel_calls=AUTOTUNE,
+                                  deterministic=True)
+  else:
+    ds = ds.map(lambda i: example_fn(i, None), num_parallel_calls=AUTOTUNE,
+                deterministic=True).batch(batch_size)
   return ds.prefetch(AUTOTUNE).with_options(dataset_options())
 
 
