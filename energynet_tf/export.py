@@ -1,0 +1,674 @@
+"""Export of an EnergyNet in which skipped blocks really do not run.
+
+Training multiplies a skipped block by zero (`block(x, decision=m)`), so the
+block still runs. The serving graph built here uses real control flow instead:
+for each gated block, `tf.cond` chooses between running the block and its
+shortcut, so a closed gate removes the block's work. The same graph is saved
+as a SavedModel and converted to TFLite, where each `tf.cond` becomes an `IF`
+op whose untaken branch (a subgraph of its own) is not invoked.
+
+Batches. At batch size 1 a block either runs or not. For a batch whose
+decisions differ, the default method `"gather"` runs the block only on the
+examples whose gate is open::
+
+    all open  -> the block on the whole batch (no copies)
+    none open -> the shortcut only
+    some open -> s = shortcut(x); the residual branch on x[open] only;
+                 the outputs are stitched back in batch order with a gather
+
+The alternative `"dense"` runs the whole batch through the block when any
+gate of the batch is open and selects per example (its cost is all-or-nothing
+per batch); see docs/export.md for the measurements behind the default.
+
+Outputs of the serving signature `serving_default` (input `images`, float32
+`(batch, height, width, channels)`, normalised as in training):
+
+* `logits` `(batch, num_classes)`;
+* `decisions` `(batch, num_gates)`: 1.0 where gate i ran block i + 1, else 0.0
+  (all ones for a baseline);
+* `probabilities` `(batch, num_gates)`: the gates' probabilities;
+* `energy` `(batch,)`: the normalised inference energy of each example,
+  `(E_fixed + E_gates + sum_b m_b E_b) / E_total` (DESIGN 1.3).
+
+The SavedModel checks its input at run time (rank, height, width, channels)
+and fails with an `InvalidArgumentError` naming the expected and received
+shapes; a wrong dtype is refused by the signature. `load_exported` wraps a
+SavedModel or a TFLite file in a Python callable that checks NumPy inputs
+first and raises `ValueError`/`TypeError`.
+
+Example:
+
+    model = keras.saving.load_model("runs/r38/model.keras")
+    paths = export_model(model, "exports/r38")
+    served = load_exported("exports/r38", backend="tflite")
+    out = served(images)          # dict of NumPy arrays
+"""
+
+import collections
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+SERVING_KEY = "serving_default"
+INPUT_NAME = "images"
+OUTPUT_KEYS = ("logits", "decisions", "probabilities", "energy")
+BATCHED_METHODS = ("gather", "dense")
+DEFAULT_BATCHED_METHOD = "gather"
+
+SAVED_MODEL_DIR = "saved_model"
+TFLITE_FILE = "model.tflite"
+INT8_TFLITE_FILE = "model_int8.tflite"
+METADATA_FILE = "export.json"
+FORMAT_VERSION = 1
+
+
+class ExportError(ValueError):
+    """An export could not be made or read; the message says why and what to do."""
+
+
+# -----------------------------------------------------------------------------
+# The serving computation.
+
+
+def _energy_constants(model):
+    import tensorflow as tf
+
+    table = model.energy_table
+    block = np.asarray(table.block_energy, np.float32).reshape(-1, 1)
+    return table, tf.constant(block)
+
+
+def _check_images_in_graph(images, image_shape):
+    """Run-time shape check that survives graph optimisation.
+
+    The signature declares `(None, H, W, C)`, but a restored signature does not
+    check shapes (a rank-3 input crashes oneDNN's convolution), so the shape is
+    checked here. The shape vector is padded so that any rank compares
+    element-wise with the expected vector.
+    """
+    import tensorflow as tf
+
+    shape = tf.shape(images)
+    expected = list(image_shape) + [-1, -1]
+    padded = tf.concat([shape, tf.fill([6], -1)], axis=0)[1:6]
+    check = tf.debugging.Assert(
+        tf.reduce_all(tf.equal(padded, expected)),
+        [
+            f"EnergyNet serving: expected float32 images of shape (batch, {', '.join(map(str, image_shape))}); "
+            "received shape",
+            shape,
+        ],
+        summarize=8,
+        name="check_image_shape",
+    )
+    with tf.control_dependencies([check]):
+        images = tf.identity(images)
+    return tf.ensure_shape(images, (None,) + tuple(image_shape))
+
+
+def _run_gated_block(block, x, decision, method):
+    """The block where `decision` (bool, `(batch,)`) is true, its shortcut elsewhere."""
+    import tensorflow as tf
+
+    def run_all():
+        return block(x, training=False)
+
+    def skip_all():
+        return block.shortcut(x, training=False)
+
+    any_open = tf.reduce_any(decision)
+    if method == "dense":
+
+        def run_and_select():
+            shortcut = block.shortcut(x, training=False)
+            out = tf.nn.relu(block.residual(x, training=False) + shortcut)
+            return tf.where(tf.reshape(decision, (-1, 1, 1, 1)), out, shortcut)
+
+        return tf.cond(any_open, run_and_select, skip_all, name=f"{block.name}_skip")
+
+    def run_some():
+        shortcut = block.shortcut(x, training=False)
+        open_index = tf.where(decision)[:, 0]
+        residual = block.residual(tf.gather(x, open_index), training=False)
+        out_open = tf.nn.relu(residual + tf.gather(shortcut, open_index))
+        # Stitch: example j takes row cumsum(d)[j] - 1 of out_open if open,
+        # else row j of the shortcut (placed after out_open).
+        position = tf.cumsum(tf.cast(decision, tf.int32)) - 1
+        num_open = tf.shape(out_open)[0]
+        rows = tf.where(decision, position, num_open + tf.range(tf.shape(x)[0]))
+        return tf.gather(tf.concat([out_open, shortcut], axis=0), rows)
+
+    def some_or_none():
+        return tf.cond(any_open, run_some, skip_all, name=f"{block.name}_some")
+
+    return tf.cond(tf.reduce_all(decision), run_all, some_or_none, name=f"{block.name}_skip")
+
+
+def serving_function(model, batched=DEFAULT_BATCHED_METHOD, check_shape=True):
+    """Returns `f(images) -> dict` computing the exported outputs with real skipping.
+
+    Args:
+        model: an `EnergyNet` (gated or baseline).
+        batched: how a batch with mixed decisions skips: "gather" (the block
+            runs on the open examples only) or "dense" (the block runs on the
+            whole batch if any example needs it).
+        check_shape: add the run-time input shape check (TFLite drops it).
+
+    Returns:
+        A Python function to trace with `tf.function`; its outputs are
+        `OUTPUT_KEYS`.
+    """
+    import tensorflow as tf
+
+    if batched not in BATCHED_METHODS:
+        raise ValueError(f"Argument `batched` must be one of {BATCHED_METHODS}; received: {batched!r}")
+    table, block_energy = _energy_constants(model)
+    image_shape = tuple(model.image_shape)
+    num_gates = model.num_gates
+
+    def serve(images):
+        if check_shape:
+            images = _check_images_in_graph(images, image_shape)
+        x = tf.nn.relu(model.stem_bn(model.stem_conv(images), training=False))
+        if model.stem_pool is not None:
+            x = model.stem_pool(x)
+        batch = tf.shape(images)[0]
+        probabilities, decisions = [], []
+        states = None
+        for i, block in enumerate(model.res_blocks):
+            if i == 0 or model.gate is None:
+                x = block(x, training=False)
+                continue
+            p, states = model.gate(x, gate_index=i - 1, states=states, training=False)
+            decision = tf.greater(p, 0.5)
+            probabilities.append(p)
+            decisions.append(decision)
+            x = _run_gated_block(block, x, decision, batched)
+        logits = model.classifier(model.head_pool(x))
+        if decisions:
+            probabilities = tf.stack(probabilities, axis=1)
+            decisions = tf.cast(tf.stack(decisions, axis=1), tf.float32)
+        else:
+            probabilities = tf.ones((batch, num_gates), tf.float32)
+            decisions = tf.ones((batch, num_gates), tf.float32)
+        if num_gates:
+            spent = table.fixed_energy + table.gate_energy + tf.matmul(decisions, block_energy)[:, 0]
+        else:
+            spent = tf.fill((batch,), np.float32(table.fixed_energy + table.gate_energy))
+        energy = spent / table.total_energy
+        return {
+            "logits": tf.identity(logits, name="logits"),
+            "decisions": tf.identity(decisions, name="decisions"),
+            "probabilities": tf.identity(probabilities, name="probabilities"),
+            "energy": tf.identity(energy, name="energy"),
+        }
+
+    return serve
+
+
+def _archive(model, batched, check_shape):
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    # Tracking through ExportArchive (not a tf.Module attribute) is what lets
+    # the TFLite converter freeze the variables, those read inside the
+    # `tf.cond` branches included.
+    archive.track(model)
+    spec = tf.TensorSpec((None,) + tuple(model.image_shape), tf.float32, name=INPUT_NAME)
+    archive.add_endpoint(SERVING_KEY, serving_function(model, batched, check_shape), input_signature=[spec])
+    return archive
+
+
+def _check_model(model):
+    needed = ("res_blocks", "gate", "stem_conv", "stem_bn", "head_pool", "classifier", "energy_table", "image_shape")
+    missing = [name for name in needed if not hasattr(model, name)]
+    if missing:
+        raise ExportError(
+            f"export needs an energynet_tf EnergyNet model; received {type(model).__name__} without {missing}"
+        )
+
+
+def save_saved_model(model, path, batched=DEFAULT_BATCHED_METHOD, check_shape=True):
+    """Writes the serving SavedModel of `model` to directory `path`.
+
+    Args:
+        model: an `EnergyNet`.
+        path: directory to write (created; must not hold a SavedModel).
+        batched: see `serving_function`.
+        check_shape: see `serving_function`.
+
+    Returns:
+        `path`.
+    """
+    _check_model(model)
+    _archive(model, batched, check_shape).write_out(os.fspath(path), verbose=False)
+    return os.fspath(path)
+
+
+# -----------------------------------------------------------------------------
+# TFLite.
+
+
+def _representative_dataset(images, limit):
+    images = np.asarray(images, np.float32)
+    if limit is not None:
+        images = images[:limit]
+
+    def generate():
+        for image in images:
+            yield {INPUT_NAME: image[None]}
+
+    return generate
+
+
+def convert_to_tflite(
+    model,
+    batched=DEFAULT_BATCHED_METHOD,
+    int8=False,
+    representative_images=None,
+    calibration_examples=None,
+):
+    """Converts `model`'s serving graph to a TFLite flatbuffer with `IF` ops.
+
+    The conversion goes through a SavedModel written by Keras' `ExportArchive`
+    (DESIGN 4: `from_concrete_functions` converts but fails at run time).
+
+    Args:
+        model: an `EnergyNet`.
+        batched: see `serving_function`.
+        int8: post-training integer quantisation (int8 weights and
+            activations, float32 inputs and outputs, float fallback for ops
+            without int8 kernels), calibrated on `representative_images`.
+        representative_images: float32 `(N, H, W, C)` images, normalised as
+            the model's inputs; required with `int8`. Calibration only
+            records the blocks that the gates open on these images, so they
+            should be real images (a few hundred).
+        calibration_examples: use at most this many of them.
+
+    Returns:
+        The TFLite model as bytes.
+
+    Raises:
+        ExportError: if `int8` has no representative images.
+    """
+    import tensorflow as tf
+
+    _check_model(model)
+    if int8:
+        if representative_images is None or len(representative_images) == 0:
+            raise ExportError("int8 quantisation needs representative images (real, normalised inputs)")
+        _check_images_np(representative_images, model.image_shape)
+    with tempfile.TemporaryDirectory(prefix="energynet-export-") as tmp:
+        # TFLite drops asserts; the interpreter and `load_exported` check shapes.
+        save_saved_model(model, tmp, batched, check_shape=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SERVING_KEY])
+        if int8:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = _representative_dataset(representative_images, calibration_examples)
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                tf.lite.OpsSet.TFLITE_BUILTINS,
+            ]
+        return converter.convert()
+
+
+def tflite_op_counts(model_content):
+    """Counts the operators of each subgraph of a TFLite model.
+
+    Args:
+        model_content: the flatbuffer bytes, or a path to a .tflite file.
+
+    Returns:
+        A list, one entry per subgraph (0 is the main graph), of
+        `(name, collections.Counter of op names)`.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    if isinstance(model_content, (str, os.PathLike)):
+        model = flatbuffer_utils.read_model(os.fspath(model_content))
+    else:
+        model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_content))
+    names = {value: key for key, value in vars(schema.BuiltinOperator).items() if not key.startswith("_")}
+    result = []
+    for subgraph in model.subgraphs:
+        counts = collections.Counter()
+        for op in subgraph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+            name = names.get(builtin, str(builtin))
+            if name == "CUSTOM":
+                name = "CUSTOM:" + (code.customCode.decode() if code.customCode else "?")
+            counts[name] += 1
+        name = subgraph.name.decode() if isinstance(subgraph.name, bytes) else str(subgraph.name)
+        result.append((name, counts))
+    return result
+
+
+# -----------------------------------------------------------------------------
+# Whole exports.
+
+
+def _metadata(model, batched, files, extra):
+    table = model.energy_table
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "model": {
+            "depth": model.depth,
+            "baseline": bool(model.baseline),
+            "num_classes": model.num_classes,
+            "image_shape": list(model.image_shape),
+            "num_gates": model.num_gates,
+        },
+        "signature": SERVING_KEY,
+        "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [None] + list(model.image_shape)},
+        "outputs": list(OUTPUT_KEYS),
+        "batched_skipping": batched,
+        "energy_table": table.as_dict(),
+        "files": files,
+    }
+    meta.update(extra or {})
+    return meta
+
+
+def export_model(
+    model,
+    out_dir,
+    batched=DEFAULT_BATCHED_METHOD,
+    tflite=True,
+    int8=False,
+    representative_images=None,
+    calibration_examples=None,
+    metadata=None,
+    overwrite=False,
+):
+    """Writes `out_dir/saved_model/`, `out_dir/model.tflite` and `out_dir/export.json`.
+
+    Everything is written to a temporary sibling directory first and moved into
+    place at the end, so a failed export leaves nothing behind.
+
+    Args:
+        model: an `EnergyNet`.
+        out_dir: the export directory; must not exist or be empty unless
+            `overwrite`.
+        batched: see `serving_function`.
+        tflite: also write `model.tflite`.
+        int8: also write `model_int8.tflite` (see `convert_to_tflite`).
+        representative_images: calibration images for `int8`.
+        calibration_examples: use at most this many calibration images.
+        metadata: extra JSON-able entries for `export.json`.
+        overwrite: replace an existing export in `out_dir`.
+
+    Returns:
+        A dict of the written paths (`saved_model`, `tflite`, `int8_tflite`,
+        `metadata`).
+
+    Raises:
+        ExportError: if `out_dir` holds other files or is a file.
+    """
+    _check_model(model)
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir):
+        if not os.path.isdir(out_dir):
+            raise ExportError(f"output path {out_dir} exists and is not a directory")
+        if os.listdir(out_dir) and not overwrite:
+            raise ExportError(f"output directory {out_dir} is not empty; choose a new directory or overwrite")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        files = {"saved_model": SAVED_MODEL_DIR}
+        save_saved_model(model, os.path.join(staging, SAVED_MODEL_DIR), batched)
+        if tflite:
+            with open(os.path.join(staging, TFLITE_FILE), "wb") as f:
+                f.write(convert_to_tflite(model, batched))
+            files["tflite"] = TFLITE_FILE
+        if int8:
+            with open(os.path.join(staging, INT8_TFLITE_FILE), "wb") as f:
+                f.write(
+                    convert_to_tflite(
+                        model, batched, int8=True,
+                        representative_images=representative_images,
+                        calibration_examples=calibration_examples,
+                    )
+                )
+            files["int8_tflite"] = INT8_TFLITE_FILE
+        with open(os.path.join(staging, METADATA_FILE), "w") as f:
+            json.dump(_metadata(model, batched, files, metadata), f, indent=2, sort_keys=True)
+            f.write("\n")
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    paths = {key: os.path.join(out_dir, name) for key, name in files.items()}
+    paths["metadata"] = os.path.join(out_dir, METADATA_FILE)
+    return paths
+
+
+# -----------------------------------------------------------------------------
+# Loading and running an export from Python.
+
+
+def _check_images_np(images, image_shape):
+    """Returns `images` as a float32 NumPy array or raises a clear error."""
+    try:
+        array = np.asarray(images)
+    except Exception as e:  # ragged lists and the like
+        raise ValueError(f"images must be an array of shape (batch,) + {tuple(image_shape)}; cannot convert: {e}") from None
+    expected = f"float32 images of shape (batch,) + {tuple(image_shape)}"
+    if not (np.issubdtype(array.dtype, np.floating)):
+        hint = " (uint8 pixels must be normalised as in training first)" if np.issubdtype(array.dtype, np.integer) else ""
+        raise TypeError(f"expected {expected}; received dtype {array.dtype}{hint}")
+    if array.ndim == len(image_shape) and tuple(array.shape) == tuple(image_shape):
+        raise ValueError(
+            f"expected {expected}; received one image of shape {array.shape} (add a batch axis: images[None])"
+        )
+    if array.ndim != len(image_shape) + 1 or tuple(array.shape[1:]) != tuple(image_shape):
+        raise ValueError(f"expected {expected}; received shape {array.shape}")
+    if array.shape[0] == 0:
+        raise ValueError(f"expected {expected} with batch >= 1; received an empty batch {array.shape}")
+    if array.dtype != np.float32:
+        array = array.astype(np.float32)
+    if not np.all(np.isfinite(array)):
+        raise ValueError("images contain NaN or infinite values")
+    return np.ascontiguousarray(array)
+
+
+@dataclasses.dataclass
+class _TFLiteRunner:
+    interpreter: object
+    input_index: int
+    output_indices: dict
+    batch: int = -1
+
+    def __call__(self, images):
+        if images.shape[0] != self.batch:
+            self.interpreter.resize_tensor_input(self.input_index, list(images.shape), strict=True)
+            self.interpreter.allocate_tensors()
+            self.batch = images.shape[0]
+        self.interpreter.set_tensor(self.input_index, images)
+        self.interpreter.invoke()
+        return {key: np.array(self.interpreter.get_tensor(i)) for key, i in self.output_indices.items()}
+
+
+def tflite_interpreter(model_path, num_threads=None):
+    """Returns `(interpreter, input_index, {output_key: tensor_index})` for an exported .tflite."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=os.fspath(model_path), num_threads=num_threads)
+    interpreter.allocate_tensors()
+    signatures = interpreter.get_signature_list()
+    if SERVING_KEY not in signatures:
+        raise ExportError(f"{model_path} has no {SERVING_KEY!r} signature (signatures: {sorted(signatures)}); is it an EnergyNet export?")
+    runner = interpreter.get_signature_runner(SERVING_KEY)
+    inputs = runner.get_input_details()
+    outputs = runner.get_output_details()
+    missing = sorted(set(OUTPUT_KEYS) - set(outputs))
+    if INPUT_NAME not in inputs or missing:
+        raise ExportError(f"{model_path} is not an EnergyNet export (inputs {sorted(inputs)}, outputs {sorted(outputs)})")
+    del runner
+    return interpreter, inputs[INPUT_NAME]["index"], {key: outputs[key]["index"] for key in OUTPUT_KEYS}
+
+
+class ExportedModel:
+    """A SavedModel or TFLite export, called with NumPy images.
+
+    `model(images)` checks `images` (dtype, shape, finite values) and returns a
+    dict of NumPy arrays `logits`, `decisions`, `probabilities`, `energy`.
+    Float64/float16 images are converted to float32; integer images are
+    refused. Not thread-safe (one TFLite interpreter per object).
+
+    Attributes:
+        backend: "saved_model" or "tflite".
+        path: the file or directory loaded.
+        image_shape: `(height, width, channels)`.
+        num_gates: number of gates.
+    """
+
+    def __init__(self, path, backend, image_shape, num_gates, fn):
+        self.path = path
+        self.backend = backend
+        self.image_shape = tuple(image_shape)
+        self.num_gates = num_gates
+        self._fn = fn
+
+    def __call__(self, images):
+        images = _check_images_np(images, self.image_shape)
+        return self._fn(images)
+
+    def __repr__(self):
+        return f"ExportedModel(backend={self.backend!r}, path={self.path!r}, image_shape={self.image_shape})"
+
+
+def _read_metadata(directory):
+    path = os.path.join(directory, METADATA_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ExportError(f"cannot read {path}: {e}") from None
+
+
+def load_exported(path, backend=None, num_threads=None):
+    """Loads an export for Python use.
+
+    Args:
+        path: an export directory (from `export_model`), its `saved_model`
+            directory, or a `.tflite` file.
+        backend: for an export directory: "saved_model" (default), "tflite"
+            or "int8" (the quantised TFLite model).
+        num_threads: TFLite interpreter threads (None: the interpreter's default).
+
+    Returns:
+        An `ExportedModel`.
+
+    Raises:
+        ExportError: if `path` is not an export.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ExportError(f"export not found: {path}")
+    meta = None
+    file = None
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, METADATA_FILE)):
+        meta = _read_metadata(path)
+        backend = backend or "saved_model"
+        names = {"saved_model": SAVED_MODEL_DIR, "tflite": TFLITE_FILE, "int8": INT8_TFLITE_FILE}
+        if backend not in names:
+            raise ExportError(f"backend must be one of {sorted(names)}; received {backend!r}")
+        file = os.path.join(path, names[backend])
+        if not os.path.exists(file):
+            raise ExportError(f"{path} has no {names[backend]} (exported without it?)")
+    elif os.path.isdir(path):
+        if backend not in (None, "saved_model"):
+            raise ExportError(f"{path} is a directory; backend {backend!r} needs a .tflite file or an export directory")
+        backend, file = "saved_model", path
+        meta = _read_metadata(os.path.dirname(os.path.abspath(path)))
+    else:
+        backend, file = ("int8" if backend == "int8" else "tflite"), path
+
+    if backend == "saved_model":
+        import tensorflow as tf
+
+        if not os.path.exists(os.path.join(file, "saved_model.pb")):
+            raise ExportError(f"{file} is not a SavedModel directory (no saved_model.pb)")
+        loaded = tf.saved_model.load(file)
+        if SERVING_KEY not in loaded.signatures:
+            raise ExportError(f"{file} has no {SERVING_KEY!r} signature; is it an EnergyNet export?")
+        signature = loaded.signatures[SERVING_KEY]
+        if meta is None:
+            raise ExportError(f"{file}: {METADATA_FILE} not found next to it; load the export directory instead")
+        image_shape = meta["model"]["image_shape"]
+        num_gates = meta["model"]["num_gates"]
+
+        def run(images):
+            out = signature(**{INPUT_NAME: tf.constant(images)})
+            return {key: out[key].numpy() for key in OUTPUT_KEYS}
+
+        exported = ExportedModel(file, backend, image_shape, num_gates, run)
+        exported._loaded = loaded  # keeps the restored variables alive
+        return exported
+
+    interpreter, input_index, outputs = tflite_interpreter(file, num_threads)
+    details = interpreter.get_input_details()
+    signature = [d for d in details if d["index"] == input_index][0]["shape_signature"]
+    image_shape = tuple(int(v) for v in signature[1:])
+    output_details = {d["index"]: d for d in interpreter.get_output_details()}
+    num_gates = int(output_details[outputs["decisions"]]["shape"][-1])
+    return ExportedModel(file, backend, image_shape, num_gates, _TFLiteRunner(interpreter, input_index, outputs))
+
+
+# -----------------------------------------------------------------------------
+# Tools for tests and benchmarks.
+
+
+def force_gate_decisions(model, decisions, margin=20.0):
+    """Overwrites the gates' weights so that gate i always decides `decisions[i]`.
+
+    The gates still run (their cost is unchanged): each projection outputs a
+    constant whose sign, through the shared LSTM cell and output unit, gives
+    the decision with probability sigmoid(+-0.76 * margin). For tests and
+    latency benchmarks (all open, half, all closed); it destroys the learned
+    policy.
+
+    Args:
+        model: a gated `EnergyNet` (modified in place).
+        decisions: `num_gates` values, truthy for "run the block".
+        margin: size of the pre-activations; 20 gives probabilities
+            within 1e-6 of 0 or 1.
+    """
+    if model.gate is None:
+        raise ValueError("a baseline has no gates to force")
+    decisions = [bool(d) for d in np.asarray(decisions).reshape(-1)]
+    if len(decisions) != model.num_gates:
+        raise ValueError(f"expected {model.num_gates} decisions; received {len(decisions)}")
+    gate = model.gate
+    units = gate.units
+    for i, projection in enumerate(gate.projections):
+        kernel, bias = projection.get_weights()
+        bias = np.zeros_like(bias)
+        bias[0] = 1.0 if decisions[i] else -1.0
+        projection.set_weights([np.zeros_like(kernel), bias])
+    kernel, recurrent, bias = gate.cell.get_weights()
+    kernel = np.zeros_like(kernel)
+    recurrent = np.zeros_like(recurrent)
+    bias = np.zeros_like(bias)
+    # Keras' LSTMCell gate order: input, forget, cell, output.
+    bias[0:units] = margin            # input gate open
+    bias[units:2 * units] = -margin   # forget the previous gate's state
+    bias[3 * units:4 * units] = margin  # output gate open
+    kernel[0, 2 * units] = margin     # unit 0: c = tanh(margin * sign) = +-1
+    gate.cell.set_weights([kernel, recurrent, bias])
+    w, b = gate.output_dense.get_weights()
+    w = np.zeros_like(w)
+    w[0, 0] = margin                  # h_0 = tanh(+-1) = +-0.76
+    gate.output_dense.set_weights([w, np.zeros_like(b)])
