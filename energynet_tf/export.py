@@ -120,6 +120,9 @@ def _run_gated_block(block, x, decision, method):
     def skip_all():
         return block.shortcut(x, training=False)
 
+    if method == "single":
+        # Batch size 1 only (the int8 model's static input): one IF per block.
+        return tf.cond(tf.reduce_all(decision), run_all, skip_all, name=f"{block.name}_skip")
     any_open = tf.reduce_any(decision)
     if method == "dense":
 
@@ -164,7 +167,7 @@ def serving_function(model, batched=DEFAULT_BATCHED_METHOD, check_shape=True):
     """
     import tensorflow as tf
 
-    if batched not in BATCHED_METHODS:
+    if batched not in BATCHED_METHODS + ("single",):
         raise ValueError(f"Argument `batched` must be one of {BATCHED_METHODS}; received: {batched!r}")
     table, block_energy = _energy_constants(model)
     image_shape = tuple(model.image_shape)
@@ -210,7 +213,7 @@ def serving_function(model, batched=DEFAULT_BATCHED_METHOD, check_shape=True):
     return serve
 
 
-def _archive(model, batched, check_shape):
+def _archive(model, batched, check_shape, batch_size=None):
     import keras
     import tensorflow as tf
 
@@ -219,7 +222,7 @@ def _archive(model, batched, check_shape):
     # the TFLite converter freeze the variables, those read inside the
     # `tf.cond` branches included.
     archive.track(model)
-    spec = tf.TensorSpec((None,) + tuple(model.image_shape), tf.float32, name=INPUT_NAME)
+    spec = tf.TensorSpec((batch_size,) + tuple(model.image_shape), tf.float32, name=INPUT_NAME)
     archive.add_endpoint(SERVING_KEY, serving_function(model, batched, check_shape), input_signature=[spec])
     return archive
 
@@ -233,7 +236,7 @@ def _check_model(model):
         )
 
 
-def save_saved_model(model, path, batched=DEFAULT_BATCHED_METHOD, check_shape=True):
+def save_saved_model(model, path, batched=DEFAULT_BATCHED_METHOD, check_shape=True, batch_size=None):
     """Writes the serving SavedModel of `model` to directory `path`.
 
     Args:
@@ -241,12 +244,16 @@ def save_saved_model(model, path, batched=DEFAULT_BATCHED_METHOD, check_shape=Tr
         path: directory to write (created; must not hold a SavedModel).
         batched: see `serving_function`.
         check_shape: see `serving_function`.
+        batch_size: None (any batch size) or a fixed batch size; "single"
+            needs 1.
 
     Returns:
         `path`.
     """
     _check_model(model)
-    _archive(model, batched, check_shape).write_out(os.fspath(path), verbose=False)
+    if batched == "single" and batch_size != 1:
+        raise ValueError("the 'single' method needs batch_size=1")
+    _archive(model, batched, check_shape, batch_size).write_out(os.fspath(path), verbose=False)
     return os.fspath(path)
 
 
@@ -254,11 +261,7 @@ def save_saved_model(model, path, batched=DEFAULT_BATCHED_METHOD, check_shape=Tr
 # TFLite.
 
 
-def _representative_dataset(images, limit):
-    images = np.asarray(images, np.float32)
-    if limit is not None:
-        images = images[:limit]
-
+def _representative_dataset(images):
     def generate():
         for image in images:
             yield {INPUT_NAME: image[None]}
@@ -266,54 +269,165 @@ def _representative_dataset(images, limit):
     return generate
 
 
-def convert_to_tflite(
-    model,
-    batched=DEFAULT_BATCHED_METHOD,
-    int8=False,
-    representative_images=None,
-    calibration_examples=None,
-):
-    """Converts `model`'s serving graph to a TFLite flatbuffer with `IF` ops.
+def _read_flatbuffer(content):
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(content), 0))
+
+
+def _write_flatbuffer(model_t):
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model_t))
+
+
+def _has_range(tensor):
+    q = tensor.quantization
+    return q is not None and q.min is not None and len(q.min) > 0
+
+
+def _strip_digits(name):
+    return "".join(c for c in (name.decode() if isinstance(name, bytes) else str(name)) if not c.isdigit())
+
+
+def _opcode(model_t, op):
+    code = model_t.operatorCodes[op.opcodeIndex]
+    return max(code.builtinCode, code.deprecatedBuiltinCode), code.customCode
+
+
+def merge_calibrations(primary, fallbacks):
+    """Fills the tensors that `primary`'s calibration never reached from `fallbacks`.
+
+    A calibration run only records the ranges of the tensors it computes, so
+    the blocks that the gates never opened on the calibration images (and the
+    shortcut branches of blocks they never closed) have none, and the
+    quantiser would leave them in float. The fallbacks are calibrations of the
+    same graph with other gate weights (forced open, forced closed): their
+    constants differ, so tensors are matched by position: subgraph by
+    subgraph, operator by operator (the operator sequences must be identical).
+
+    Args:
+        primary: calibrated flatbuffer bytes (the learned gates).
+        fallbacks: calibrated flatbuffer bytes of the same graph with other
+            constants, in order of preference.
+
+    Returns:
+        `(merged bytes, number of tensors filled in)`.
+
+    Raises:
+        ExportError: if the graphs' operators differ.
+    """
+    merged = _read_flatbuffer(primary)
+    filled = 0
+    for other in (_read_flatbuffer(f) for f in fallbacks):
+        if len(other.subgraphs) != len(merged.subgraphs):
+            raise ExportError("calibration graphs differ in their number of subgraphs; cannot merge ranges")
+        for g, h in zip(merged.subgraphs, other.subgraphs):
+            ops_g, ops_h = g.operators or [], h.operators or []
+            if _strip_digits(g.name) != _strip_digits(h.name) or len(ops_g) != len(ops_h) or [
+                _opcode(merged, op) for op in ops_g
+            ] != [_opcode(other, op) for op in ops_h]:
+                raise ExportError(f"calibration graphs differ in subgraph {g.name!r}; cannot merge ranges")
+            pairs = list(zip(list(g.inputs), list(h.inputs)))
+            for a, b in zip(ops_g, ops_h):
+                pairs += list(zip(list(a.outputs), list(b.outputs)))
+                if a.intermediates is not None and b.intermediates is not None:
+                    pairs += list(zip(list(a.intermediates), list(b.intermediates)))
+            for i, j in pairs:
+                if i < 0 or j < 0:
+                    continue
+                t, u = g.tensors[i], h.tensors[j]
+                if not _has_range(t) and _has_range(u):
+                    t.quantization = u.quantization
+                    filled += 1
+    return _write_flatbuffer(merged), filled
+
+
+def _calibrate(model, images):
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory(prefix="energynet-int8-") as tmp:
+        save_saved_model(model, tmp, "single", check_shape=False, batch_size=1)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SERVING_KEY])
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _representative_dataset(images)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter._experimental_calibrate_only = True  # pylint: disable=protected-access
+        return converter.convert()
+
+
+def convert_to_tflite_int8(model, representative_images, calibration_examples=None, fallback_examples=32):
+    """Post-training int8 TFLite model of `model`, for batch size 1.
+
+    Weights and activations are int8 (per-channel weights), inputs and outputs
+    float32; ops without an int8 kernel stay float. The input is fixed to
+    batch size 1 (one `IF` per gated block; `load_exported` loops over a
+    batch). Calibration runs the learned gates on `representative_images`;
+    tensors of branches they never took are calibrated with the gates forced
+    open, then closed, on the first `fallback_examples` images (see
+    `merge_calibrations`), so every block is quantised.
+
+    Args:
+        model: an `EnergyNet`.
+        representative_images: float32 `(N, H, W, C)` real images, normalised
+            as the model's inputs (a few hundred).
+        calibration_examples: use at most this many of them.
+        fallback_examples: images for the forced-open/closed calibrations.
+
+    Returns:
+        `(tflite bytes, info dict)`.
+    """
+    from tensorflow.lite.python import convert
+
+    _check_model(model)
+    if representative_images is None or len(representative_images) == 0:
+        raise ExportError("int8 quantisation needs representative images (real, normalised inputs)")
+    images = _check_images_np(representative_images, model.image_shape)
+    if calibration_examples is not None:
+        images = images[:calibration_examples]
+    calibrated = _calibrate(model, images)
+    filled = 0
+    if model.gate is not None:
+        saved = model.gate.get_weights()
+        try:
+            fallbacks = []
+            for value in (1, 0):
+                force_gate_decisions(model, [value] * model.num_gates)
+                fallbacks.append(_calibrate(model, images[:fallback_examples]))
+        finally:
+            model.gate.set_weights(saved)
+        calibrated, filled = merge_calibrations(calibrated, fallbacks)
+    quantized = convert.mlir_quantize(calibrated)
+    info = {
+        "calibration_examples": int(len(images)),
+        "fallback_examples": int(min(fallback_examples, len(images))) if model.gate is not None else 0,
+        "tensors_calibrated_by_forced_gates": int(filled),
+        "batch_size": 1,
+    }
+    return quantized, info
+
+
+def convert_to_tflite(model, batched=DEFAULT_BATCHED_METHOD):
+    """Converts `model`'s serving graph to a float32 TFLite flatbuffer with `IF` ops.
 
     The conversion goes through a SavedModel written by Keras' `ExportArchive`
-    (DESIGN 4: `from_concrete_functions` converts but fails at run time).
+    (DESIGN 4: `from_concrete_functions` converts but fails at run time). The
+    input's batch size is dynamic (`resize_tensor_input`).
 
     Args:
         model: an `EnergyNet`.
         batched: see `serving_function`.
-        int8: post-training integer quantisation (int8 weights and
-            activations, float32 inputs and outputs, float fallback for ops
-            without int8 kernels), calibrated on `representative_images`.
-        representative_images: float32 `(N, H, W, C)` images, normalised as
-            the model's inputs; required with `int8`. Calibration only
-            records the blocks that the gates open on these images, so they
-            should be real images (a few hundred).
-        calibration_examples: use at most this many of them.
 
     Returns:
         The TFLite model as bytes.
-
-    Raises:
-        ExportError: if `int8` has no representative images.
     """
     import tensorflow as tf
 
     _check_model(model)
-    if int8:
-        if representative_images is None or len(representative_images) == 0:
-            raise ExportError("int8 quantisation needs representative images (real, normalised inputs)")
-        _check_images_np(representative_images, model.image_shape)
     with tempfile.TemporaryDirectory(prefix="energynet-export-") as tmp:
         # TFLite drops asserts; the interpreter and `load_exported` check shapes.
         save_saved_model(model, tmp, batched, check_shape=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SERVING_KEY])
-        if int8:
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = _representative_dataset(representative_images, calibration_examples)
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                tf.lite.OpsSet.TFLITE_BUILTINS,
-            ]
         return converter.convert()
 
 
@@ -428,18 +542,15 @@ def export_model(
             with open(os.path.join(staging, TFLITE_FILE), "wb") as f:
                 f.write(convert_to_tflite(model, batched))
             files["tflite"] = TFLITE_FILE
+        extra = dict(metadata or {})
         if int8:
+            content, info = convert_to_tflite_int8(model, representative_images, calibration_examples)
             with open(os.path.join(staging, INT8_TFLITE_FILE), "wb") as f:
-                f.write(
-                    convert_to_tflite(
-                        model, batched, int8=True,
-                        representative_images=representative_images,
-                        calibration_examples=calibration_examples,
-                    )
-                )
+                f.write(content)
             files["int8_tflite"] = INT8_TFLITE_FILE
+            extra["int8_calibration"] = info
         with open(os.path.join(staging, METADATA_FILE), "w") as f:
-            json.dump(_metadata(model, batched, files, metadata), f, indent=2, sort_keys=True)
+            json.dump(_metadata(model, batched, files, extra), f, indent=2, sort_keys=True)
             f.write("\n")
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
@@ -486,9 +597,17 @@ class _TFLiteRunner:
     interpreter: object
     input_index: int
     output_indices: dict
+    fixed_batch: int = -1  # the model's static batch size, or -1 (resizable)
     batch: int = -1
 
     def __call__(self, images):
+        if self.fixed_batch > 0 and images.shape[0] != self.fixed_batch:
+            if images.shape[0] % self.fixed_batch:
+                raise ValueError(
+                    f"this TFLite model takes batches of {self.fixed_batch}; received {images.shape[0]} images"
+                )
+            parts = [self(images[i:i + self.fixed_batch]) for i in range(0, images.shape[0], self.fixed_batch)]
+            return {key: np.concatenate([p[key] for p in parts]) for key in self.output_indices}
         if images.shape[0] != self.batch:
             self.interpreter.resize_tensor_input(self.input_index, list(images.shape), strict=True)
             self.interpreter.allocate_tensors()
@@ -624,7 +743,11 @@ def load_exported(path, backend=None, num_threads=None):
     image_shape = tuple(int(v) for v in signature[1:])
     output_details = {d["index"]: d for d in interpreter.get_output_details()}
     num_gates = int(output_details[outputs["decisions"]]["shape"][-1])
-    return ExportedModel(file, backend, image_shape, num_gates, _TFLiteRunner(interpreter, input_index, outputs))
+    fixed_batch = int(signature[0])
+    runner = _TFLiteRunner(interpreter, input_index, outputs, fixed_batch=fixed_batch)
+    if fixed_batch > 0:
+        runner.batch = fixed_batch
+    return ExportedModel(file, backend, image_shape, num_gates, runner)
 
 
 # -----------------------------------------------------------------------------
