@@ -343,6 +343,51 @@ def merge_calibrations(primary, fallbacks):
     return _write_flatbuffer(merged), filled
 
 
+def keep_output_float(calibrated, output_key, stop_ops=("CAST",)):
+    """Removes the calibrated ranges of the ops computing one output, so they stay float.
+
+    Walks back from the signature output `output_key` in the main subgraph
+    through the ops that produce it, up to (excluding) ops in `stop_ops` and
+    constants. For the energy output: int8 would round the energy sum to 1/256
+    of its range, while the decisions it is computed from are exact.
+
+    Args:
+        calibrated: calibrated flatbuffer bytes.
+        output_key: a signature output name.
+        stop_ops: op names at which the walk stops.
+
+    Returns:
+        `(bytes, number of tensors cleared)`.
+    """
+    model = _read_flatbuffer(calibrated)
+    graph = model.subgraphs[0]
+    signature = next(sig for sig in model.signatureDefs if (sig.signatureKey or b"").decode() == SERVING_KEY)
+    start = [t.tensorIndex for t in signature.outputs if (t.name.decode() if isinstance(t.name, bytes) else t.name) == output_key]
+    if not start:
+        raise ExportError(f"output {output_key!r} not found in the signature")
+    producer = {}
+    for op in graph.operators or []:
+        for t in op.outputs:
+            producer[t] = op
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    names = {value: key for key, value in vars(schema.BuiltinOperator).items() if not key.startswith("_")}
+    cleared, seen, stack = 0, set(), list(start)
+    while stack:
+        index = stack.pop()
+        if index in seen or index < 0 or index not in producer:
+            continue
+        seen.add(index)
+        op = producer[index]
+        if names.get(_opcode(model, op)[0]) in stop_ops:
+            continue
+        if _has_range(graph.tensors[index]):
+            graph.tensors[index].quantization = None
+            cleared += 1
+        stack.extend(op.inputs)
+    return _write_flatbuffer(model), cleared
+
+
 def _calibrate(model, images):
     import tensorflow as tf
 
@@ -397,6 +442,7 @@ def convert_to_tflite_int8(model, representative_images, calibration_examples=No
         finally:
             model.gate.set_weights(saved)
         calibrated, filled = merge_calibrations(calibrated, fallbacks)
+    calibrated, _ = keep_output_float(calibrated, "energy")
     quantized = convert.mlir_quantize(calibrated)
     info = {
         "calibration_examples": int(len(images)),
@@ -533,6 +579,11 @@ def export_model(
         if os.listdir(out_dir) and not overwrite:
             raise ExportError(f"output directory {out_dir} is not empty; choose a new directory or overwrite")
     parent = os.path.dirname(out_dir)
+    created = []  # parent directories made here, removed again on failure
+    directory = parent
+    while not os.path.exists(directory):
+        created.append(directory)
+        directory = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
@@ -557,6 +608,11 @@ def export_model(
         os.replace(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for directory in created:
+            try:
+                os.rmdir(directory)
+            except OSError:
+                pass
         raise
     paths = {key: os.path.join(out_dir, name) for key, name in files.items()}
     paths["metadata"] = os.path.join(out_dir, METADATA_FILE)
