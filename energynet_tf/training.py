@@ -1,7 +1,6 @@
 """Resumable training and evaluation of an EnergyNet (used by the trainers)."""
 
 import json
-import math
 import os
 import sys
 import time
@@ -19,32 +18,81 @@ class TrainingError(RuntimeError):
     """Training could not go on (for example a NaN loss); the message says why."""
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves weights, optimizer, epoch, schedule state and wall time after each epoch.
+class RunCheckpoints:
+    """Epoch checkpoints of a run: weights and optimizer (`.keras`) plus run state (JSON).
 
-    A `tf.train.CheckpointManager` writes the checkpoint files first and its
-    index last (atomically), so a kill at any moment leaves the previous
-    checkpoint usable. An epoch whose loss is not finite is not saved.
+    Each epoch writes `epoch-NNNN.keras` (model and optimizer variables, with
+    Keras' own tracking: `tf.train.Checkpoint` misses layers held in lists)
+    and `epoch-NNNN.json` (epoch, schedule state, wall time, history), each
+    through a temporary file and a rename, then points `latest.json` at them,
+    also atomically. A kill at any moment leaves the previous checkpoint
+    whole. Only the last `keep` checkpoints are kept.
+
+    Args:
+        directory: the checkpoint directory.
+        keep: how many checkpoints to keep.
     """
 
-    def __init__(self, manager, checkpoint, schedule_callback, guard, clock):
+    def __init__(self, directory, keep=2):
+        self.directory = directory
+        self.keep = keep
+
+    @property
+    def _pointer(self):
+        return os.path.join(self.directory, "latest.json")
+
+    def latest(self):
+        """Returns `(weights_path, state)` of the newest checkpoint, or None."""
+        if not os.path.exists(self._pointer):
+            return None
+        with open(self._pointer) as f:
+            pointer = json.load(f)
+        with open(os.path.join(self.directory, pointer["state"])) as f:
+            state = json.load(f)
+        return os.path.join(self.directory, pointer["weights"]), state
+
+    def save(self, model, epoch, state):
+        """Writes the checkpoint of `epoch` (1-based: epochs completed)."""
+        os.makedirs(self.directory, exist_ok=True)
+        name = f"epoch-{epoch:04d}"
+        io_utils.atomic_save_model(model, os.path.join(self.directory, name + ".keras"))
+        io_utils.atomic_write_json(os.path.join(self.directory, name + ".json"), state)
+        io_utils.atomic_write_json(self._pointer, {"epoch": epoch, "weights": name + ".keras", "state": name + ".json"})
+        self._prune(epoch)
+
+    def _prune(self, epoch):
+        epochs = sorted(
+            int(f[6:10]) for f in os.listdir(self.directory) if f.startswith("epoch-") and f.endswith(".json")
+        )
+        for old in epochs[: -self.keep]:
+            for suffix in (".keras", ".json"):
+                path = os.path.join(self.directory, f"epoch-{old:04d}{suffix}")
+                if os.path.exists(path):
+                    os.remove(path)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves a `RunCheckpoints` checkpoint after each epoch whose loss is finite."""
+
+    def __init__(self, checkpoints, schedule_callback, guard, clock, history):
         super().__init__()
-        self.manager = manager
-        self.checkpoint = checkpoint
+        self.checkpoints = checkpoints
         self.schedule_callback = schedule_callback
         self.guard = guard
         self.clock = clock
+        self.history = history
 
     def on_epoch_end(self, epoch, logs=None):
         if self.guard.tripped:
             return
-        self.checkpoint.epoch.assign(epoch + 1)
-        self.checkpoint.schedule_state.assign(json.dumps(self.schedule_callback.get_state(), sort_keys=True))
-        self.checkpoint.wall_seconds.assign(self.clock())
-        self.checkpoint.history.assign(
-            json.dumps(json.loads(self.checkpoint.history.numpy().decode()) + [_jsonable(logs)], sort_keys=True)
-        )
-        self.manager.save(checkpoint_number=epoch + 1)
+        self.history.append(_jsonable(logs))
+        state = {
+            "epoch": epoch + 1,
+            "schedule_state": self.schedule_callback.get_state(),
+            "wall_seconds": self.clock(),
+            "history": self.history,
+        }
+        self.checkpoints.save(self.model, epoch + 1, state)
 
 
 class ProgressLogger(keras.callbacks.Callback):
@@ -164,15 +212,7 @@ def train_and_evaluate(
     os.makedirs(model_dir, exist_ok=True)
     compile_model(model, optimizer, top5=top5)
     optimizer.build(model.trainable_variables)
-    checkpoint = tf.train.Checkpoint(
-        model=model,
-        optimizer=optimizer,
-        epoch=tf.Variable(0, dtype=tf.int64),
-        schedule_state=tf.Variable(""),
-        wall_seconds=tf.Variable(0.0, dtype=tf.float64),
-        history=tf.Variable("[]"),
-    )
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=2)
+    checkpoints = RunCheckpoints(os.path.join(model_dir, "checkpoints"))
 
     steps_per_epoch = data.steps_per_epoch
     if model.baseline:
@@ -184,20 +224,24 @@ def train_and_evaluate(
     max_epochs = phases.schedule.max_epochs
 
     start_epoch = 0
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        start_epoch = int(checkpoint.epoch.numpy())
-        phases.set_state(json.loads(checkpoint.schedule_state.numpy().decode()))
+    state = {"wall_seconds": 0.0, "history": []}
+    latest = checkpoints.latest()
+    if latest is not None:
+        weights, state = latest
+        model.load_weights(weights)
+        start_epoch = int(state["epoch"])
+        phases.set_state(state["schedule_state"])
         if verbose:
-            print(f"Resuming from {manager.latest_checkpoint} (epoch {start_epoch}, phase {phases.phase})", flush=True)
-    previous_wall = float(checkpoint.wall_seconds.numpy())
+            print(f"Resuming from {weights} (epoch {start_epoch}, phase {phases.phase})", flush=True)
+    history = list(state["history"])
+    previous_wall = float(state["wall_seconds"])
     started = time.time()
 
     def clock():
         return previous_wall + (time.time() - started)
 
     guard = callbacks_lib.NonFiniteLossGuard()
-    saver = EpochCheckpoint(manager, checkpoint, phases, guard, clock)
+    saver = EpochCheckpoint(checkpoints, phases, guard, clock, history)
     tensorboard_dir = os.path.join(model_dir, "tensorboard")
     callbacks = [
         phases,
@@ -222,16 +266,13 @@ def train_and_evaluate(
             verbose=0,
         )
     if guard.tripped:
+        latest = checkpoints.latest()
         raise TrainingError(
             f"the loss became NaN or infinite in epoch {guard.bad_epoch + 1} "
             f"(batch {guard.bad_batch + 1}); training stopped and the last good checkpoint "
-            f"({manager.latest_checkpoint or 'none'}) was kept. Lower the learning rate or alpha."
+            f"({latest[0] if latest else 'none'}) was kept. Lower the learning rate or alpha."
         )
-    if manager.latest_checkpoint and int(checkpoint.epoch.numpy()) > 0:
-        # Evaluate the state of the last checkpoint (identical after a resume).
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    epochs_run = int(checkpoint.epoch.numpy())
-    history = json.loads(checkpoint.history.numpy().decode())
+    epochs_run = start_epoch + len(history) - len(state["history"])
     test = model.evaluate(data.test, return_dict=True, verbose=0)
     table = model.energy_table
     metrics = {

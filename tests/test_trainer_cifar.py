@@ -69,7 +69,8 @@ def test_smoke_run_writes_the_documented_outputs(smoke_run):
         config = json.load(f)
     assert config["depth"] == 8 and config["phase1_epochs"] == 1
     assert os.path.exists(os.path.join(model_dir, "model.keras"))
-    assert any(name.endswith(".index") for name in os.listdir(os.path.join(model_dir, "checkpoints")))
+    assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == [
+        "epoch-0001.json", "epoch-0001.keras", "epoch-0002.json", "epoch-0002.keras", "latest.json"]
     events = [f for root, _, files in os.walk(os.path.join(model_dir, "tensorboard")) for f in files]
     assert any(f.startswith("events.out.tfevents") for f in events)
     assert "epoch 1 done" in result.stdout and "alpha 0.1000" in result.stdout

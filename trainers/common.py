@@ -213,11 +213,17 @@ def run(config, make_model, make_data, top5=False):
     from energynet_tf import training
 
     check_run_dir(config)
+    if config["deterministic"]:
+        # Op determinism alone is not enough on CPU: oneDNN kernels running
+        # concurrently on the inter-op pool change float summation order
+        # between runs (seen here: 1e-5 relative after one epoch, then
+        # different gate decisions). One inter-op thread keeps every kernel's
+        # own intra-op parallelism, at no measurable cost (BUILD.md).
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.experimental.enable_op_determinism()
     # Data problems (missing dataset, bad sizes) surface before anything is written.
     data = make_data(config)
     keras.utils.set_random_seed(config["seed"])
-    if config["deterministic"]:
-        tf.config.experimental.enable_op_determinism()
     model = make_model(config)
     if config["init_from"]:
         init_from_baseline(model, config["init_from"])

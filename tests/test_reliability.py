@@ -1,0 +1,111 @@
+"""Reliability of the trainer: SIGKILL and resume, determinism, NaN handling (issue 5)."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def fake_data_dir(tmp_path_factory):
+    from energynet_tf.data import testing
+
+    return testing.make_fake_cifar10(str(tmp_path_factory.mktemp("cifar")))
+
+
+def _args(data_dir, model_dir, *extra):
+    return [sys.executable, "-m", "trainers.cifar", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+            "--depth=8", "--phase1_epochs=3", "--phase2_epochs=2", "--phase3_epochs=1",
+            "--batch_size=16", "--eval_batch_size=50", "--max_train_examples=128",
+            "--validation_examples=50", "--seed=7", *extra]
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("TFDS_DATA_DIR", None)
+    return env
+
+
+def _run(args):
+    result = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _metrics(model_dir):
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    metrics.pop("wall_seconds")
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(fake_data_dir, tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("a") / "run")
+    _run(_args(fake_data_dir, model_dir))
+    return model_dir
+
+
+def test_same_seed_gives_identical_metrics(uninterrupted, fake_data_dir, tmp_path):
+    again = str(tmp_path / "run")
+    _run(_args(fake_data_dir, again))
+    assert _metrics(again) == _metrics(uninterrupted)
+
+
+def _kill_after_epoch_lines(args, epochs_to_see, rng):
+    """Starts training, waits for `epochs_to_see` new 'epoch N done' lines, then SIGKILLs at a random moment."""
+    process = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    seen = 0
+    deadline = time.time() + 240
+    for line in process.stdout:
+        if " done in " in line and line.startswith("epoch "):
+            seen += 1
+            if seen >= epochs_to_see:
+                break
+        if time.time() > deadline:
+            break
+    # Somewhere inside the next epoch, its validation or its checkpoint write.
+    time.sleep(rng.uniform(0.0, 1.5))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return process.returncode
+
+
+def test_sigkill_at_random_moments_then_resume_gives_the_same_metrics(uninterrupted, fake_data_dir, tmp_path):
+    rng = random.Random(1234)
+    model_dir = str(tmp_path / "run")
+    args = _args(fake_data_dir, model_dir)
+    kills = 0
+    for _ in range(3):
+        code = _kill_after_epoch_lines(args, 1, rng)
+        if code == -signal.SIGKILL:
+            kills += 1
+    assert kills >= 2
+    # Never a half-written file: the index of every checkpoint is complete and
+    # no metrics.json exists before the end.
+    assert not os.path.exists(os.path.join(model_dir, "metrics.json")) or _metrics(model_dir)
+    result = _run(args)
+    assert "Resuming" in result.stdout
+    assert _metrics(model_dir) == _metrics(uninterrupted)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(fake_data_dir, tmp_path):
+    model_dir = str(tmp_path / "run")
+    # Phase I trains normally; phase II's absurd learning rate makes the loss NaN.
+    args = _args(fake_data_dir, model_dir, "--lr2=1e30")
+    result = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "NaN or infinite" in errors[0] and "epoch-0003.keras" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
+    with open(os.path.join(model_dir, "checkpoints", "latest.json")) as f:
+        assert json.load(f)["epoch"] == 3
