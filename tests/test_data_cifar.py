@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 
 from energynet_tf.data import cifar
 from energynet_tf.data import common
+from energynet_tf.data import testing
 from energynet_tf.data.common import DataNotFoundError
 
 NUM_TRAIN_SPLIT = 200  # 5 fake batch files of 40.
@@ -30,35 +31,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_DATA_DIR = os.path.join(REPO, "..", "shared", "data", "tensorflow_datasets")
 
 
-def _write_batch(path, ids, rng):
-  """Writes CIFAR binary records (label byte + 3072 CHW bytes)."""
-  images = rng.integers(0, 256, (len(ids), 3, 32, 32), dtype=np.uint8)
-  images[:, 0, 0, 0] = ids % 256  # channel 0 of pixel (0, 0)
-  images[:, 1, 0, 0] = ids // 256  # channel 1 of pixel (0, 0)
-  labels = (ids % 10).astype(np.uint8)
-  np.concatenate([labels[:, None], images.reshape(len(ids), -1)], 1).tofile(path)
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   """A prepared tfds data dir with a 200/50-example fake cifar10 3.0.2."""
-  root = tmp_path_factory.mktemp("cifar")
-  raw = root / "raw" / "cifar-10-batches-bin"
-  raw.mkdir(parents=True)
-  rng = np.random.default_rng(0)
-  for i in range(5):
-    _write_batch(raw / f"data_batch_{i + 1}.bin", np.arange(40 * i, 40 * i + 40), rng)
-  # Test ids start at 1000 so that they differ from every train id.
-  _write_batch(raw / "test_batch.bin", np.arange(1000, 1000 + NUM_TEST_SPLIT), rng)
-  (raw / "batches.meta.txt").write_text(
-      "airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n")
-  out = str(root / "tfds")
-  builder = tfds.builder("cifar10:3.0.2", data_dir=out)
-  with mock.patch.object(tfds.download.DownloadManager, "download_and_extract",
-                         return_value=str(root / "raw")):
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        compute_stats=tfds.download.ComputeStatsMode.SKIP))
-  return out
+  return testing.make_fake_cifar10(
+      str(tmp_path_factory.mktemp("cifar")), train_per_file=NUM_TRAIN_SPLIT // 5,
+      num_test=NUM_TEST_SPLIT)
 
 
 @pytest.fixture
