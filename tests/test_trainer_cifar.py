@@ -140,3 +140,33 @@ def test_bad_flags_exit_2_with_one_line(flag, needle, tmp_path, fake_data_dir):
     assert len(error_lines(result)) == 1 and needle in error_lines(result)[0]
     assert "Traceback" not in result.stderr
     assert not model_dir.exists()
+
+
+def test_empty_data_dir_fails_fast(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_trainer(f"--data_dir={empty}", f"--model_dir={tmp_path / 'm'}", "--depth=8")
+    assert result.returncode == 2
+    assert len(error_lines(result)) == 1 and "empty" in error_lines(result)[0]
+    assert not (tmp_path / "m").exists()
+
+
+def test_malformed_config_in_model_dir_is_refused(tmp_path, fake_data_dir):
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{not json")
+    result = run_trainer(*smoke_args(fake_data_dir, model_dir))
+    assert result.returncode == 2
+    assert len(error_lines(result)) == 1 and "config.json" in error_lines(result)[0]
+    assert sorted(os.listdir(model_dir)) == ["config.json"]
+    assert (model_dir / "config.json").read_text() == "{not json"
+
+
+def test_saved_model_loads_in_safe_mode(smoke_run):
+    import keras
+
+    from energynet_tf.model import EnergyNet
+
+    model_dir, _ = smoke_run
+    model = keras.saving.load_model(os.path.join(model_dir, "model.keras"), safe_mode=True)
+    assert isinstance(model, EnergyNet) and model.depth == 8
