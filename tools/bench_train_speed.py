@@ -1,0 +1,81 @@
+"""Training throughput of EnergyNet variants, measured side by side in one run.
+
+    python -m tools.bench_train_speed --depth=20 --steps=8 --repeats=3
+
+Each variant runs in its own process (threading must be set before TensorFlow
+starts), alternating A, B, C, A, B, C, ... so that load on the machine hits
+every variant alike; it prints the median images/s and the ratio to the
+first variant. Variants: gated EnergyNet with the trainer's deterministic
+mode (one inter-op thread + op determinism), gated without it, and the
+baseline (no gates) in deterministic mode.
+"""
+
+import json
+import statistics
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+
+flags.DEFINE_integer("depth", 20, "Network depth.")
+flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_integer("steps", 8, "Timed training steps per measurement (after 2 warm-up steps).")
+flags.DEFINE_integer("repeats", 3, "Measurements per variant.")
+FLAGS = flags.FLAGS
+
+_WORKER = r"""
+import json, sys, time
+import numpy as np
+depth, batch, steps, baseline, deterministic = json.loads(sys.argv[1])
+import tensorflow as tf
+if deterministic:
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.experimental.enable_op_determinism()
+import keras
+from energynet_tf.model import EnergyNet
+from energynet_tf import training
+keras.utils.set_random_seed(0)
+model = EnergyNet(depth=depth, baseline=baseline)
+training.compile_model(model, training.make_optimizer())
+model.optimizer.learning_rate.assign(0.05)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(batch * 2, 32, 32, 3)).astype("float32")
+y = rng.integers(0, 10, batch * 2)
+ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat()
+model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)
+start = time.perf_counter()
+model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+print(json.dumps({"images_per_s": steps * batch / (time.perf_counter() - start)}))
+"""
+
+VARIANTS = (
+    ("gated, deterministic (trainer default)", False, True),
+    ("gated, not deterministic", False, False),
+    ("baseline, deterministic", True, True),
+)
+
+
+def _measure(baseline, deterministic):
+    args = json.dumps([FLAGS.depth, FLAGS.batch_size, FLAGS.steps, baseline, deterministic])
+    out = subprocess.run([sys.executable, "-c", _WORKER, args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"]
+
+
+def main(argv):
+    del argv
+    results = {name: [] for name, _, _ in VARIANTS}
+    for r in range(FLAGS.repeats):
+        for name, baseline, deterministic in VARIANTS:
+            value = _measure(baseline, deterministic)
+            results[name].append(value)
+            print(f"repeat {r + 1}: {name}: {value:.1f} img/s", flush=True)
+    reference = statistics.median(results[VARIANTS[0][0]])
+    print(f"\nResNet-{FLAGS.depth}, batch {FLAGS.batch_size}, {FLAGS.steps} steps x {FLAGS.repeats} repeats (median img/s, ratio to the first):")
+    for name, values in results.items():
+        median = statistics.median(values)
+        print(f"  {name:42s} {median:7.1f}  {median / reference:5.2f}x")
+
+
+if __name__ == "__main__":
+    app.run(main)
