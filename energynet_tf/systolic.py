@@ -44,7 +44,23 @@ import math
 from typing import Dict, Sequence
 
 import numpy as np
-import tensorflow as tf
+
+
+class _LazyTensorFlow:
+  """Imports TensorFlow on first use, then replaces itself with the module.
+
+  The dataclasses, the SCALE-Sim file readers (scalesim_io) and the CLI's input
+  validation need no TensorFlow: bad input is reported without its ~5 s import and its
+  start-up log lines.
+  """
+
+  def __getattr__(self, name):
+    import tensorflow  # pylint: disable=g-import-not-at-top
+    globals()["tf"] = tensorflow
+    return getattr(tensorflow, name)
+
+
+tf = _LazyTensorFlow()
 
 DATAFLOWS = ("os", "ws", "is")
 
@@ -388,14 +404,14 @@ class _WindowFields:
   the ifmap (its ceil output size allows that) with address -1: no read.
   """
 
-  h: tf.Tensor
-  w: tf.Tensor
-  r: tf.Tensor
-  s: tf.Tensor
-  c: tf.Tensor
-  st: tf.Tensor
-  wo: tf.Tensor
-  window: tf.Tensor
+  h: "tf.Tensor"
+  w: "tf.Tensor"
+  r: "tf.Tensor"
+  s: "tf.Tensor"
+  c: "tf.Tensor"
+  st: "tf.Tensor"
+  wo: "tf.Tensor"
+  window: "tf.Tensor"
 
   def extent(self, p):
     """(ky_max, kx_max) of pixel p: its largest valid filter row and column (may be < 0)."""
@@ -679,13 +695,14 @@ def _closed_forms(params, k):
   return out
 
 
-_CONSTANTS_SPEC = tf.TensorSpec([len(_Constants._FIELDS)], tf.int64)
+def _constants_spec():
+  return tf.TensorSpec([len(_Constants._FIELDS)], tf.int64)
 
 
 @functools.lru_cache(maxsize=None)
 def _closed_form_fn(dataflow):
   """The batched closed forms for one dataflow, as a tf.function (cached)."""
-  @tf.function(input_signature=[tf.TensorSpec([None, 7], tf.int64), _CONSTANTS_SPEC],
+  @tf.function(input_signature=[tf.TensorSpec([None, 7], tf.int64), _constants_spec()],
                autograph=False)
   def fn(params, constants):
     return _closed_forms(params, _Constants.from_tensor(constants, dataflow))
@@ -827,7 +844,7 @@ def _epoch_scan(addr, line, lines_per_rep, reps, epoch, num_addresses, distinct,
 @functools.lru_cache(maxsize=None)
 def _ifmap_epochs_fn(dataflow):
   """Per-layer exact ifmap DRAM replay for one dataflow (tf.function, cached)."""
-  @tf.function(input_signature=[tf.TensorSpec([7], tf.int64), _CONSTANTS_SPEC],
+  @tf.function(input_signature=[tf.TensorSpec([7], tf.int64), _constants_spec()],
                autograph=False)
   def fn(params, constants):
     k = _Constants.from_tensor(constants, dataflow)
@@ -941,7 +958,7 @@ def _ofmap_drains(line_counts, words, half, drain_lines, width, slots=8):
 @functools.lru_cache(maxsize=None)
 def _ofmap_drains_fn(dataflow):
   """Per-layer exact ofmap DRAM replay for one dataflow (tf.function, cached)."""
-  @tf.function(input_signature=[tf.TensorSpec([7], tf.int64), _CONSTANTS_SPEC],
+  @tf.function(input_signature=[tf.TensorSpec([7], tf.int64), _constants_spec()],
                autograph=False)
   def fn(params, constants):
     k = _Constants.from_tensor(constants, dataflow)

@@ -196,25 +196,43 @@ REFETCH_LAYERS = [
 ]
 
 
+def gate_layers():
+  """The gates' own layers of EnergyNet (DESIGN 1.2) as dense rows: projection to 10,
+  the shared LSTM cell ([x, h] -> 4 gates) and the output unit."""
+  return [("gate_proj16", 1, 1, 1, 1, 16, 10, 1), ("gate_proj64", 1, 1, 1, 1, 64, 10, 1),
+          ("gate_lstm", 1, 1, 1, 1, 20, 40, 1), ("gate_out", 1, 1, 1, 1, 10, 1, 1)]
+
+
+def resnet50_224_subset():
+  """A few full-size ResNet-50 layers at 224x224 (SCALE-Sim needs ~1 min for each)."""
+  keep = ("conv1", "s1_b0_conv2", "s3_conv1", "s4_conv2", "fc")
+  return [row for row in resnet50_distinct_layers(224) if row[0] in keep]
+
+
 def golden_cases():
   """Returns {case name: (config kwargs, layers)}."""
   cases = {}
   for df in ("os", "ws", "is"):
+    # The networks on the default accelerator (32x32, 64 kB SRAMs).
     cases["resnet38_32x32_%s" % df] = (dict(rows=32, cols=32, dataflow=df),
-                                       resnet38_distinct_layers())
-    cases["resnet50_32x32_%s" % df] = (dict(rows=32, cols=32, dataflow=df),
-                                       resnet50_distinct_layers())
+                                       resnet38_distinct_layers() + gate_layers())
+    cases["resnet50_64px_32x32_%s" % df] = (dict(rows=32, cols=32, dataflow=df),
+                                            resnet50_distinct_layers(64))
+    # ResNet-38 on a small array with small SRAMs: real layers that re-fetch.
+    cases["resnet38_8x8_small_sram_%s" % df] = (
+        dict(rows=8, cols=8, dataflow=df, ifmap_kb=8, filter_kb=4, ofmap_kb=2),
+        resnet38_distinct_layers())
     for rows, cols in ((8, 8), (32, 32), (12, 14)):
       cases["odd_%dx%d_%s" % (rows, cols, df)] = (dict(rows=rows, cols=cols, dataflow=df),
                                                    ODD_LAYERS)
+      # 1 kB SRAMs: every operand is re-fetched and the ofmap drains during the run.
       cases["refetch_%dx%d_%s" % (rows, cols, df)] = (
           dict(rows=rows, cols=cols, dataflow=df, ifmap_kb=1, filter_kb=1, ofmap_kb=1),
           REFETCH_LAYERS)
-    cases["resnet38_8x8_%s" % df] = (dict(rows=8, cols=8, dataflow=df, ifmap_kb=8,
-                                          filter_kb=4, ofmap_kb=2),
-                                     resnet38_distinct_layers())
-    cases["mixed_12x14_%s" % df] = (dict(rows=12, cols=14, dataflow=df, ifmap_kb=2,
-                                         filter_kb=3, ofmap_kb=1), ODD_LAYERS)
+    cases["odd_12x14_mixed_sram_%s" % df] = (
+        dict(rows=12, cols=14, dataflow=df, ifmap_kb=2, filter_kb=3, ofmap_kb=1), ODD_LAYERS)
+  cases["resnet50_224px_32x32_os"] = (dict(rows=32, cols=32, dataflow="os"),
+                                      resnet50_224_subset())
   return cases
 
 
