@@ -26,16 +26,16 @@ How SCALE-Sim works, and how each part is reproduced here:
   are therefore the sum over epochs of the distinct addresses in each epoch. When the
   operand touches fewer than E distinct addresses this is just the touched count; the
   filter streams have a periodic structure that gives a closed form either way; the
-  ifmap stream of a layer whose ifmap exceeds E is replayed exactly, per layer
-  (`_ifmap_epochs`).
+  ifmap stream of a layer whose touched ifmap reaches E is replayed exactly, per layer
+  (`_epoch_scan`).
 * DRAM writes come from SCALE-Sim's write buffer, which drains half of the ofmap SRAM
   in lines of `cols` words whenever more than half is full. Without a drain during the
   run (ofmap traffic <= half the SRAM) the result is closed form; otherwise the drains
   are replayed per layer (`_ofmap_drains`), an event loop over drains, not over words.
 
 All counts are int64 and exact. `estimate` runs the batched closed forms in one
-`tf.function` (vectorised over layers) and the exact replays only for the layers that
-need them.
+`tf.function` (vectorised over layers, traced once per dataflow) and the exact replays
+only for the layers that need them.
 """
 
 import dataclasses
@@ -790,25 +790,33 @@ def _epoch_scan(addr, line, lines_per_rep, reps, epoch, num_addresses, distinct,
   zero = tf.constant(0, tf.int64)
   addr32 = tf.cast(addr, tf.int32)  # The caller checks that addresses fit.
   num_addresses = tf.cast(num_addresses, tf.int32)
+  epoch32 = tf.cast(epoch, tf.int32)
+
+  def window_at(q, width):
+    """Requests q .. q + width - 1 of the repeated stream (width <= one repetition)."""
+    s = q % n_rep
+    head = tf.minimum(width, n_rep - s)
+    return tf.concat([addr32[s:s + head], addr32[:width - head]], axis=0)
 
   def find_epoch_end(q, width):
     def cond(width, found, done, end, distinct):
       return ~found & ~done
 
     def body(width, found, done, end, distinct):
-      width = tf.minimum(width, total - q)
-      pos = tf.range(width, dtype=tf.int64)
-      window = tf.gather(addr32, (q + pos) % n_rep)
-      # int32 segment ids and positions: the segment minimum is ~2x faster than int64.
-      pos32 = tf.range(tf.cast(width, tf.int32))
-      first = tf.math.unsorted_segment_min(pos32, window, num_addresses)
-      new = tf.cast(tf.gather(first, window) == pos32, tf.int64)
-      count = tf.cumsum(new)
-      distinct = count[-1]
+      # A window of one whole repetition holds every address: an epoch ends within it
+      # (the replay only runs when the ifmap has at least E distinct addresses).
+      width = tf.minimum(tf.minimum(width, total - q), n_rep)
+      window = window_at(q, width)
+      pos = tf.range(tf.cast(width, tf.int32))
+      # The first occurrence of each address in the window is new to the epoch.
+      first = tf.math.unsorted_segment_min(pos, window, num_addresses)
+      count = tf.cumsum(tf.cast(tf.gather(first, window) == pos, tf.int32))
+      distinct = tf.cast(count[-1], tf.int64)
       found = distinct >= epoch
-      end = q + tf.searchsorted(count, tf.reshape(epoch, [1]), side="left",
-                                out_type=tf.int64)[0]
-      done = q + width >= total
+      # count is non-decreasing: the E-th new request is after the entries below E.
+      end = q + tf.reduce_sum(tf.cast(count < epoch32, tf.int64))
+      # (width == n_rep without an epoch end cannot happen; it only guards the loop.)
+      done = (q + width >= total) | (width >= n_rep)
       return 2 * width, found, done, end, distinct
 
     _, found, _, end, distinct = tf.while_loop(
