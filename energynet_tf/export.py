@@ -8,17 +8,23 @@ as a SavedModel and converted to TFLite, where each `tf.cond` becomes an `IF`
 op whose untaken branch (a subgraph of its own) is not invoked.
 
 Batches. At batch size 1 a block either runs or not. For a batch whose
-decisions differ, the default method `"gather"` runs the block only on the
-examples whose gate is open::
+decisions differ there are two methods:
 
-    all open  -> the block on the whole batch (no copies)
-    none open -> the shortcut only
-    some open -> s = shortcut(x); the residual branch on x[open] only;
-                 the outputs are stitched back in batch order with a gather
+* "gather" (the SavedModel's default) runs the block only on the examples
+  whose gate is open::
 
-The alternative `"dense"` runs the whole batch through the block when any
-gate of the batch is open and selects per example (its cost is all-or-nothing
-per batch); see docs/export.md for the measurements behind the default.
+      all open  -> the block on the whole batch (no copies)
+      none open -> the shortcut only
+      some open -> s = shortcut(x); the residual branch on x[open] only;
+                   the outputs are stitched back in batch order with a gather
+
+* "dense" (the TFLite model's default) runs the block on the whole batch when
+  any example's gate is open and selects per example; its cost is
+  all-or-nothing per batch, but all its shapes are static. In TFLite, the
+  value-dependent shapes of "gather" make the tensors after it dynamic, and
+  an `IF` op costs its input and output copies, so one `IF` per block with
+  static shapes is what keeps batch-1 inference fast (docs/export.md has
+  the measurements).
 
 Outputs of the serving signature `serving_default` (input `images`, float32
 `(batch, height, width, channels)`, normalised as in training):
@@ -57,7 +63,8 @@ SERVING_KEY = "serving_default"
 INPUT_NAME = "images"
 OUTPUT_KEYS = ("logits", "decisions", "probabilities", "energy")
 BATCHED_METHODS = ("gather", "dense")
-DEFAULT_BATCHED_METHOD = "gather"
+DEFAULT_BATCHED_METHOD = "gather"  # the SavedModel's
+DEFAULT_TFLITE_BATCHED_METHOD = "dense"  # static shapes: see the module doc
 
 SAVED_MODEL_DIR = "saved_model"
 TFLITE_FILE = "model.tflite"
@@ -120,6 +127,10 @@ def _run_gated_block(block, x, decision, method):
     def skip_all():
         return block.shortcut(x, training=False)
 
+    if method == "mask":
+        # For comparison only: what training (and public gated ResNets) do,
+        # the block always runs and is multiplied by the decision.
+        return block(x, decision=tf.cast(decision, x.dtype), training=False)
     if method == "single":
         # Batch size 1 only (the int8 model's static input): one IF per block.
         return tf.cond(tf.reduce_all(decision), run_all, skip_all, name=f"{block.name}_skip")
@@ -151,6 +162,70 @@ def _run_gated_block(block, x, decision, method):
     return tf.cond(tf.reduce_all(decision), run_all, some_or_none, name=f"{block.name}_skip")
 
 
+def _fused_gate_constants(model):
+    """The gates' weights rearranged for fewer ops, as float32 NumPy constants.
+
+    Gate i computes (DESIGN 1.2, Keras' LSTMCell) `x = pool @ P_i + b_i`,
+    `z = x @ W + h @ U + b`, `[i, f, g, o] = split(z)`; its projection folds
+    into the cell: `z = [pool, h] @ [[P_i W], [U]] + (b_i W + b)`, one matmul.
+    At the first gate `h = c = 0`, so `z = pool @ P_0 W + (b_0 W + b)`.
+    """
+    gate = model.gate
+    kernel, recurrent, bias = (np.asarray(w, np.float64) for w in gate.cell.get_weights())
+    constants = []
+    for i, projection in enumerate(gate.projections):
+        p_kernel, p_bias = (np.asarray(w, np.float64) for w in projection.get_weights())
+        folded = p_kernel @ kernel
+        if i > 0:
+            folded = np.concatenate([folded, recurrent], axis=0)
+        constants.append((folded.astype(np.float32), (p_bias @ kernel + bias).astype(np.float32)))
+    out_kernel, out_bias = (np.asarray(w, np.float32) for w in gate.output_dense.get_weights())
+    return constants, out_kernel, out_bias
+
+
+def _check_lstm_cell(cell):
+    from keras import activations
+
+    if (
+        activations.get(cell.activation) is not activations.tanh
+        or activations.get(cell.recurrent_activation) is not activations.sigmoid
+        or not cell.use_bias
+    ):
+        raise ExportError("the fused gate expects an LSTMCell with tanh, sigmoid and a bias")
+
+
+def _network(model, images, method, gate_constants):
+    """Stem, gated blocks and head on `images`; returns `(logits, gate logits, decisions)`."""
+    import tensorflow as tf
+
+    x = tf.nn.relu(model.stem_bn(model.stem_conv(images), training=False))
+    if model.stem_pool is not None:
+        x = model.stem_pool(x)
+    gate_logits, decisions = [], []
+    h = c = None
+    for i, block in enumerate(model.res_blocks):
+        if i == 0 or model.gate is None:
+            x = block(x, training=False)
+            continue
+        pooled = tf.reduce_mean(x, axis=(1, 2))
+        (kernel, bias), out_kernel, out_bias = gate_constants[0][i - 1], gate_constants[1], gate_constants[2]
+        z = tf.matmul(pooled if h is None else tf.concat([pooled, h], axis=1), kernel) + bias
+        z_i, z_f, z_g, z_o = tf.split(z, 4, axis=1)
+        c_new = tf.sigmoid(z_i) * tf.tanh(z_g)
+        c = c_new if c is None else tf.sigmoid(z_f) * c + c_new
+        h = tf.sigmoid(z_o) * tf.tanh(c)
+        logit = (tf.matmul(h, out_kernel) + out_bias)[:, 0]
+        # sigmoid(logit) > 0.5, without a sigmoid on the critical path.
+        decision = tf.greater(logit, 0.0)
+        gate_logits.append(logit)
+        decisions.append(decision)
+        x = _run_gated_block(block, x, decision, method)
+    logits = model.classifier(model.head_pool(x))
+    if decisions:
+        return logits, tf.stack(gate_logits, axis=1), tf.cast(tf.stack(decisions, axis=1), tf.float32)
+    return logits, None, None
+
+
 def serving_function(model, batched=DEFAULT_BATCHED_METHOD, check_shape=True):
     """Returns `f(images) -> dict` computing the exported outputs with real skipping.
 
@@ -158,8 +233,15 @@ def serving_function(model, batched=DEFAULT_BATCHED_METHOD, check_shape=True):
         model: an `EnergyNet` (gated or baseline).
         batched: how a batch with mixed decisions skips: "gather" (the block
             runs on the open examples only) or "dense" (the block runs on the
-            whole batch if any example needs it).
+            whole batch if any example needs it). Also "single" (one `tf.cond`
+            per block; batch size 1 only) and "mask" (no skipping: the
+            training-time blend, for comparisons).
         check_shape: add the run-time input shape check (TFLite drops it).
+
+    The gates are computed from their weights rearranged as constants
+    (`_fused_gate_constants`: fewer ops, the same function up to float
+    rounding), and a gate decides "run" iff its logit is > 0, i.e. its
+    probability is > 0.5.
 
     Returns:
         A Python function to trace with `tf.function`; its outputs are
@@ -167,35 +249,25 @@ def serving_function(model, batched=DEFAULT_BATCHED_METHOD, check_shape=True):
     """
     import tensorflow as tf
 
-    if batched not in BATCHED_METHODS + ("single",):
+    if batched not in BATCHED_METHODS + ("single", "mask"):
         raise ValueError(f"Argument `batched` must be one of {BATCHED_METHODS}; received: {batched!r}")
     table, block_energy = _energy_constants(model)
     image_shape = tuple(model.image_shape)
     num_gates = model.num_gates
+    gate_constants = None
+    if model.gate is not None:
+        _check_lstm_cell(model.gate.cell)
+        gate_constants = _fused_gate_constants(model)
 
     def serve(images):
         if check_shape:
             images = _check_images_in_graph(images, image_shape)
-        x = tf.nn.relu(model.stem_bn(model.stem_conv(images), training=False))
-        if model.stem_pool is not None:
-            x = model.stem_pool(x)
         batch = tf.shape(images)[0]
-        probabilities, decisions = [], []
-        states = None
-        for i, block in enumerate(model.res_blocks):
-            if i == 0 or model.gate is None:
-                x = block(x, training=False)
-                continue
-            p, states = model.gate(x, gate_index=i - 1, states=states, training=False)
-            decision = tf.greater(p, 0.5)
-            probabilities.append(p)
-            decisions.append(decision)
-            x = _run_gated_block(block, x, decision, batched)
-        logits = model.classifier(model.head_pool(x))
-        if decisions:
-            probabilities = tf.stack(probabilities, axis=1)
-            decisions = tf.cast(tf.stack(decisions, axis=1), tf.float32)
+        logits, gate_logits, decisions = _network(model, images, batched, gate_constants)
+        if decisions is not None:
+            probabilities = tf.sigmoid(gate_logits)
         else:
+            # A baseline: every block runs.
             probabilities = tf.ones((batch, num_gates), tf.float32)
             decisions = tf.ones((batch, num_gates), tf.float32)
         if num_gates:
@@ -453,7 +525,7 @@ def convert_to_tflite_int8(model, representative_images, calibration_examples=No
     return quantized, info
 
 
-def convert_to_tflite(model, batched=DEFAULT_BATCHED_METHOD):
+def convert_to_tflite(model, batched=DEFAULT_TFLITE_BATCHED_METHOD):
     """Converts `model`'s serving graph to a float32 TFLite flatbuffer with `IF` ops.
 
     The conversion goes through a SavedModel written by Keras' `ExportArchive`
@@ -514,7 +586,7 @@ def tflite_op_counts(model_content):
 # Whole exports.
 
 
-def _metadata(model, batched, files, extra):
+def _metadata(model, batched, tflite_batched, files, extra):
     table = model.energy_table
     meta = {
         "format_version": FORMAT_VERSION,
@@ -528,7 +600,7 @@ def _metadata(model, batched, files, extra):
         "signature": SERVING_KEY,
         "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [None] + list(model.image_shape)},
         "outputs": list(OUTPUT_KEYS),
-        "batched_skipping": batched,
+        "batched_skipping": {"saved_model": batched, "tflite": tflite_batched, "int8_tflite": "batch size 1"},
         "energy_table": table.as_dict(),
         "files": files,
     }
@@ -541,6 +613,7 @@ def export_model(
     out_dir,
     batched=DEFAULT_BATCHED_METHOD,
     tflite=True,
+    tflite_batched=DEFAULT_TFLITE_BATCHED_METHOD,
     int8=False,
     representative_images=None,
     calibration_examples=None,
@@ -556,9 +629,10 @@ def export_model(
         model: an `EnergyNet`.
         out_dir: the export directory; must not exist or be empty unless
             `overwrite`.
-        batched: see `serving_function`.
+        batched: the SavedModel's batched skipping (see `serving_function`).
         tflite: also write `model.tflite`.
-        int8: also write `model_int8.tflite` (see `convert_to_tflite`).
+        tflite_batched: the TFLite model's batched skipping.
+        int8: also write `model_int8.tflite` (see `convert_to_tflite_int8`).
         representative_images: calibration images for `int8`.
         calibration_examples: use at most this many calibration images.
         metadata: extra JSON-able entries for `export.json`.
@@ -591,7 +665,7 @@ def export_model(
         save_saved_model(model, os.path.join(staging, SAVED_MODEL_DIR), batched)
         if tflite:
             with open(os.path.join(staging, TFLITE_FILE), "wb") as f:
-                f.write(convert_to_tflite(model, batched))
+                f.write(convert_to_tflite(model, tflite_batched))
             files["tflite"] = TFLITE_FILE
         extra = dict(metadata or {})
         if int8:
@@ -601,7 +675,7 @@ def export_model(
             files["int8_tflite"] = INT8_TFLITE_FILE
             extra["int8_calibration"] = info
         with open(os.path.join(staging, METADATA_FILE), "w") as f:
-            json.dump(_metadata(model, batched, files, extra), f, indent=2, sort_keys=True)
+            json.dump(_metadata(model, batched, tflite_batched, files, extra), f, indent=2, sort_keys=True)
             f.write("\n")
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)

@@ -6,7 +6,7 @@
 Writes (DESIGN 3.2, docs/export.md):
   OUT/saved_model/      serving signature `serving_default`: images -> logits,
                         decisions, probabilities, energy
-  OUT/model.tflite      float32, IF ops per gated block, any batch size
+  OUT/model.tflite      float32, one IF op per gated block, any batch size
   OUT/model_int8.tflite with --int8: post-training int8, batch size 1
   OUT/export.json       what was exported, the energy table, the parity check
                         and, with --int8, its accuracy and gate agreement
@@ -27,8 +27,9 @@ from absl import logging
 
 flags.DEFINE_string("model_dir", None, "Run directory holding model.keras (and config.json), or a .keras file.")
 flags.DEFINE_string("out", None, "Export directory to create (must not exist or be empty, unless --overwrite).")
-flags.DEFINE_enum("batched", "gather", ["gather", "dense"], "How a batch with mixed gate decisions skips a block: 'gather' runs it on the open examples only, 'dense' on the whole batch when any is open.")
+flags.DEFINE_enum("batched", "gather", ["gather", "dense"], "SavedModel: how a batch with mixed gate decisions skips a block: 'gather' runs it on the open examples only, 'dense' on the whole batch when any is open.")
 flags.DEFINE_boolean("tflite", True, "Also write OUT/model.tflite.")
+flags.DEFINE_enum("tflite_batched", "dense", ["gather", "dense"], "The same for OUT/model.tflite ('dense' keeps TFLite's shapes static: fastest at batch size 1).")
 flags.DEFINE_boolean("int8", False, "Also write OUT/model_int8.tflite (post-training int8, calibrated on training images) and measure it on test images.")
 flags.DEFINE_string("data_dir", None, "Dataset for --int8 (default: the run's config.json data_dir).")
 flags.DEFINE_integer("calibration_examples", 256, "Training images used to calibrate --int8.")
@@ -217,6 +218,7 @@ def run():
             out,
             batched=FLAGS.batched,
             tflite=FLAGS.tflite,
+            tflite_batched=FLAGS.tflite_batched,
             int8=FLAGS.int8,
             representative_images=calibration,
             metadata=extra,

@@ -1,0 +1,364 @@
+"""Batch-1 latency of a baseline and of EnergyNet exports, next to the predicted savings.
+
+    python -m tools.bench_latency --data_dir=../shared/data/tensorflow_datasets
+    python -m tools.bench_latency --data_dir=... --model_dir=runs/energynet38 --out=latency.json
+
+One run measures, side by side and interleaved (so that the load of a shared
+machine hits every variant alike), the baseline network and an EnergyNet of
+the same depth with all gates open, half of them closed (every other gate),
+all closed, and with a policy that depends on the input, on real CIFAR-10 test
+images at batch size 1, in TFLite (`ai_edge_litert`, 1 thread) and in the
+TensorFlow runtime (the SavedModel's serving signature, 1 intra-op and 1
+inter-op thread). The policy is the trained model's with `--model_dir`;
+without it, a synthetic input-dependent policy on a randomly initialised
+network (`export.set_input_dependent_gates`: each gate opens for about
+`--open_fraction` of the images); latency does not depend on the weights
+otherwise. A "masked" row runs the same policy the way training does (every
+block runs and is multiplied by its decision), which is where gated ResNets'
+missing speed-up comes from.
+
+Each image is timed once per round; an image's latency is its median over the
+rounds and a variant's latency is the mean over images. Reported with each:
+the predicted MAC and energy ratios (1 - savings, gates included, DESIGN 1.3)
+computed from the decisions the export returned, and the measured latency
+ratio to the baseline. Goals checked: TFLite all-open overhead <= 5%, and with
+the policy, latency ratio <= 1.05 x the MAC ratio.
+
+With `--batch_size=B` (default 16; 0 skips), the policy is also timed at batch
+size B with the two batched skipping methods ("gather": each block runs on the
+examples whose gate is open; "dense": a block runs on the whole batch if any
+example needs it) against the baseline.
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+flags.DEFINE_string("data_dir", None, "tfds data directory holding cifar10/3.0.2 (default: $TFDS_DATA_DIR).")
+flags.DEFINE_string("model_dir", None, "A trained run (directory with model.keras, or a .keras file) for the learned policy; default: a synthetic input-dependent policy on a random depth-38 network.")
+flags.DEFINE_integer("depth", 38, "Depth of the networks without --model_dir.")
+flags.DEFINE_float("open_fraction", 0.5, "Without --model_dir: fraction of images for which each synthetic gate opens.")
+flags.DEFINE_integer("examples", 200, "CIFAR-10 test images timed at batch size 1.")
+flags.DEFINE_integer("rounds", 3, "Times each image is timed per variant (interleaved rounds).")
+flags.DEFINE_integer("tf_examples", 100, "Images timed in the TensorFlow runtime (slower); 0 skips it.")
+flags.DEFINE_integer("batch_size", 16, "Also time the policy at this batch size (gather vs dense vs baseline); 0 skips.")
+flags.DEFINE_integer("batch_repeats", 10, "Batches of --batch_size timed per variant and round.")
+flags.DEFINE_string("out", None, "Write the results as JSON to this file.")
+flags.DEFINE_integer("seed", 0, "Seed of the random networks.")
+
+FLAGS = flags.FLAGS
+
+
+class UsageError(Exception):
+    pass
+
+
+def _check_flags():
+    for name in ("examples", "rounds"):
+        if getattr(FLAGS, name) < 1:
+            raise UsageError(f"--{name}={getattr(FLAGS, name)} must be >= 1")
+    for name in ("tf_examples", "batch_size", "batch_repeats"):
+        if getattr(FLAGS, name) < 0:
+            raise UsageError(f"--{name}={getattr(FLAGS, name)} must be >= 0")
+    if not 0.0 <= FLAGS.open_fraction <= 1.0:
+        raise UsageError(f"--open_fraction={FLAGS.open_fraction} must be in [0, 1]")
+    if FLAGS.model_dir and not os.path.exists(FLAGS.model_dir):
+        raise UsageError(f"--model_dir={FLAGS.model_dir} does not exist")
+    if FLAGS.out and os.path.isdir(FLAGS.out):
+        raise UsageError(f"--out={FLAGS.out} is a directory; give a file name")
+
+
+def _load_images(count):
+    from energynet_tf.data import cifar
+
+    try:
+        data = cifar.load_cifar10(FLAGS.data_dir, batch_size=1, eval_batch_size=count, validation_examples=0, augment=False)
+    except cifar.DataNotFoundError as e:
+        raise UsageError(str(e)) from None
+    return next(iter(data.test))[0].numpy()
+
+
+def _load_trained(path):
+    import keras
+
+    from energynet_tf import model as _  # noqa: F401  (registers the classes)
+
+    file = os.path.join(path, "model.keras") if os.path.isdir(path) else path
+    if not os.path.exists(file):
+        raise UsageError(f"--model_dir={path} has no model.keras")
+    model = keras.saving.load_model(file, compile=False)
+    if getattr(model, "gate", None) is None:
+        raise UsageError(f"--model_dir={path} is a baseline; give an EnergyNet run")
+    return model
+
+
+def _convert(model, name, workdir, batched="gather"):
+    from energynet_tf import export
+
+    saved = os.path.join(workdir, name + "_saved_model")
+    export.save_saved_model(model, saved, batched=batched)
+    tflite = os.path.join(workdir, name + ".tflite")
+    with open(tflite, "wb") as f:
+        f.write(export.convert_to_tflite(model, batched=batched))
+    return saved, tflite
+
+
+class _Variant:
+    def __init__(self, name, saved, tflite, with_tf):
+        import tensorflow as tf
+
+        from energynet_tf import export
+
+        self.name = name
+        self.interpreter, self.input, self.outputs = export.tflite_interpreter(tflite, num_threads=1)
+        self.batch = 1
+        self.signature = None
+        if with_tf:
+            self._loaded = tf.saved_model.load(saved)
+            self.signature = self._loaded.signatures[export.SERVING_KEY]
+        self.times = {"tflite": {}, "tf": {}}
+        self.decisions = {}
+
+    def tflite(self, images):
+        if images.shape[0] != self.batch:
+            self.interpreter.resize_tensor_input(self.input, list(images.shape), strict=True)
+            self.interpreter.allocate_tensors()
+            self.batch = images.shape[0]
+        self.interpreter.set_tensor(self.input, images)
+        start = time.perf_counter()
+        self.interpreter.invoke()
+        elapsed = time.perf_counter() - start
+        return elapsed, self.interpreter.get_tensor(self.outputs["decisions"])
+
+    def tf(self, images):
+        import tensorflow as tf
+
+        x = tf.constant(images)
+        start = time.perf_counter()
+        out = self.signature(images=x)
+        decisions = out["decisions"].numpy()
+        return time.perf_counter() - start, decisions
+
+
+def _time_batch1(variants, images, tf_count, rounds):
+    import numpy as np
+
+    for variant in variants:  # warm-up
+        for i in range(5):
+            variant.tflite(images[i:i + 1])
+            if tf_count and variant.signature is not None:
+                variant.tf(images[i:i + 1])
+    for _ in range(rounds):
+        for i in range(len(images)):
+            x = images[i:i + 1]
+            for variant in variants:
+                t, d = variant.tflite(x)
+                variant.times["tflite"].setdefault(i, []).append(t)
+                variant.decisions[i] = d[0]
+                if i < tf_count and variant.signature is not None:
+                    t, _ = variant.tf(x)
+                    variant.times["tf"].setdefault(i, []).append(t)
+    result = {}
+    for variant in variants:
+        row = {}
+        for runtime, per_image in variant.times.items():
+            if per_image:
+                row[runtime + "_ms"] = 1e3 * float(np.mean([np.median(v) for v in per_image.values()]))
+        result[variant.name] = row
+    return result
+
+
+def _time_batched(variants, images, batch_size, repeats, rounds, with_tf):
+    import numpy as np
+
+    batches = [images[(i * batch_size) % (len(images) - batch_size + 1):][:batch_size] for i in range(repeats)]
+    times = {v.name: {"tflite": [], "tf": []} for v in variants}
+    for variant in variants:
+        variant.tflite(batches[0])
+        if with_tf:
+            variant.tf(batches[0])
+    for _ in range(rounds):
+        for x in batches:
+            for variant in variants:
+                times[variant.name]["tflite"].append(variant.tflite(x)[0])
+                if with_tf:
+                    times[variant.name]["tf"].append(variant.tf(x)[0])
+    return {
+        name: {f"{rt}_ms": 1e3 * float(np.median(v)) for rt, v in t.items() if v}
+        for name, t in times.items()
+    }
+
+
+def _predicted(table, decisions):
+    import numpy as np
+
+    from energynet_tf import metrics
+
+    d = np.asarray(decisions, np.float32)
+    return {
+        "mac_ratio": float(np.mean(metrics.normalised_macs(table, d))),
+        "energy_ratio": float(np.mean(metrics.normalised_energy(table, d))),
+        "open_fraction": float(d.mean()),
+    }
+
+
+def run():
+    _check_flags()
+    import numpy as np
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras
+
+    from energynet_tf import export
+    from energynet_tf.model import EnergyNet
+
+    started = time.time()
+    calibration = 100 if not FLAGS.model_dir else 0
+    images = _load_images(FLAGS.examples + calibration + FLAGS.batch_size)
+    bench_images = images[: FLAGS.examples]
+    batch_images = images[FLAGS.examples: FLAGS.examples + FLAGS.batch_size * 4] if FLAGS.batch_size else None
+    keras.utils.set_random_seed(FLAGS.seed)
+    if FLAGS.model_dir:
+        model = _load_trained(FLAGS.model_dir)
+        policy = f"learned (trained run {FLAGS.model_dir})"
+    else:
+        model = EnergyNet(depth=FLAGS.depth)
+        decisions = export.set_input_dependent_gates(model, images[-calibration:], open_fraction=FLAGS.open_fraction)
+        policy = f"synthetic input-dependent (random depth-{FLAGS.depth} network, each gate open for {decisions.mean():.0%} of its calibration images)"
+    baseline = EnergyNet(depth=model.depth, num_classes=model.num_classes, image_shape=model.image_shape, baseline=True)
+    table = model.energy_table
+    import tempfile
+
+    workdir = tempfile.mkdtemp(prefix="bench-latency-")
+    print(f"policy: {policy}; converting ...", flush=True)
+    exports = {"baseline": _convert(baseline, "baseline", workdir), "learned": _convert(model, "learned", workdir)}
+    exports["masked"] = _convert(model, "masked", workdir, batched="mask")
+    if FLAGS.batch_size:
+        exports["learned_dense"] = _convert(model, "learned_dense", workdir, batched="dense")
+    gates = model.num_gates
+    for name, pattern in (("all_open", [1] * gates), ("half_closed", [i % 2 == 0 for i in range(gates)]), ("all_closed", [0] * gates)):
+        export.force_gate_decisions(model, pattern)  # the trained policy is exported already
+        exports[name] = _convert(model, name, workdir)
+    print(f"converted in {time.time() - started:.0f}s; timing {FLAGS.examples} images x {FLAGS.rounds} rounds ...", flush=True)
+
+    order = ["baseline", "all_open", "half_closed", "all_closed", "learned", "masked"]
+    variants = [_Variant(name, *exports[name], with_tf=FLAGS.tf_examples > 0) for name in order]
+    measured = _time_batch1(variants, bench_images, FLAGS.tf_examples, FLAGS.rounds)
+    rows = []
+    base = measured["baseline"]
+    for variant in variants:
+        if variant.name == "baseline":
+            predicted = {"mac_ratio": 1.0, "energy_ratio": 1.0, "open_fraction": 1.0}
+        else:
+            predicted = _predicted(table, [variant.decisions[i] for i in sorted(variant.decisions)])
+        if variant.name == "masked":
+            predicted = dict(predicted, note="same decisions as learned, but every block runs (multiplied by 0/1)")
+        row = {"variant": variant.name, **predicted, **measured[variant.name]}
+        for runtime in ("tflite", "tf"):
+            key = runtime + "_ms"
+            if key in row:
+                row[runtime + "_ratio"] = row[key] / base[key]
+        rows.append(row)
+    by_name = {r["variant"]: r for r in rows}
+    goals = {
+        "tflite_all_open_overhead": by_name["all_open"]["tflite_ratio"] - 1.0,
+        "tflite_all_open_overhead_ok": by_name["all_open"]["tflite_ratio"] - 1.0 <= 0.05,
+        "tflite_learned_ratio": by_name["learned"]["tflite_ratio"],
+        "tflite_learned_bound": 1.05 * by_name["learned"]["mac_ratio"],
+        "tflite_learned_ok": by_name["learned"]["tflite_ratio"] <= 1.05 * by_name["learned"]["mac_ratio"],
+    }
+    batched = None
+    if FLAGS.batch_size:
+        batch_variants = [v for v in variants if v.name in ("baseline", "learned")]
+        batch_variants.append(_Variant("learned_dense", *exports["learned_dense"], with_tf=FLAGS.tf_examples > 0))
+        batched = _time_batched(batch_variants, batch_images, FLAGS.batch_size, FLAGS.batch_repeats, FLAGS.rounds, FLAGS.tf_examples > 0)
+        names = {"learned": "gather", "learned_dense": "dense", "baseline": "baseline"}
+        batched = {names[k]: v for k, v in batched.items()}
+        decisions = np.concatenate([export.load_exported(exports["learned"][1])(batch_images[i:i + FLAGS.batch_size])["decisions"] for i in range(0, len(batch_images) - FLAGS.batch_size + 1, FLAGS.batch_size)])
+        batched["predicted"] = _predicted(table, decisions)
+        for name in ("gather", "dense"):
+            for runtime in ("tflite", "tf"):
+                key = runtime + "_ms"
+                if key in batched[name]:
+                    batched[name][runtime + "_ratio"] = batched[name][key] / batched["baseline"][key]
+
+    result = {
+        "command": "python -m tools.bench_latency " + " ".join(sys.argv[1:]),
+        "policy": policy,
+        "depth": model.depth,
+        "examples": FLAGS.examples,
+        "tf_examples": FLAGS.tf_examples,
+        "rounds": FLAGS.rounds,
+        "threads": {"tflite": 1, "tf_intra_op": 1, "tf_inter_op": 1},
+        "rows": rows,
+        "goals": goals,
+        "batched": {"batch_size": FLAGS.batch_size, **batched} if batched else None,
+        "seconds": round(time.time() - started, 1),
+    }
+    _print(result)
+    if FLAGS.out:
+        from energynet_tf import io_utils
+
+        io_utils.atomic_write_json(FLAGS.out, result)
+    import shutil
+
+    shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def _print(result):
+    print(f"\n{result['command']}\npolicy: {result['policy']}; batch 1, {result['examples']} CIFAR-10 test images "
+          f"(TF runtime: first {result['tf_examples']}), {result['rounds']} rounds, 1 thread")
+    print("| variant | open blocks | predicted MAC ratio | predicted energy ratio | TFLite ms | TFLite ratio | TF ms | TF ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in result["rows"]:
+        print(f"| {r['variant']} | {r['open_fraction']:.0%} | {r['mac_ratio']:.3f} | {r['energy_ratio']:.3f} | "
+              f"{_fmt(r.get('tflite_ms'), '.3f')} | {_fmt(r.get('tflite_ratio'), '.3f')} | {_fmt(r.get('tf_ms'), '.2f')} | {_fmt(r.get('tf_ratio'), '.3f')} |")
+    g = result["goals"]
+    print(f"goal: TFLite all-open overhead {g['tflite_all_open_overhead']:+.1%} (<= 5%: {'met' if g['tflite_all_open_overhead_ok'] else 'NOT met'}); "
+          f"learned latency ratio {g['tflite_learned_ratio']:.3f} vs bound 1.05 x MAC ratio = {g['tflite_learned_bound']:.3f} "
+          f"({'met' if g['tflite_learned_ok'] else 'NOT met'})")
+    b = result.get("batched")
+    if b:
+        p = b["predicted"]
+        print(f"batch {b['batch_size']}, policy open {p['open_fraction']:.0%}, predicted MAC ratio {p['mac_ratio']:.3f}:")
+        for name in ("baseline", "gather", "dense"):
+            r = b[name]
+            print(f"  {name}: TFLite {_fmt(r.get('tflite_ms'), '.2f')} ms (ratio {_fmt(r.get('tflite_ratio', 1.0 if name == 'baseline' else None), '.3f')}), "
+                  f"TF {_fmt(r.get('tf_ms'), '.2f')} ms (ratio {_fmt(r.get('tf_ratio', 1.0 if name == 'baseline' and 'tf_ms' in r else None), '.3f')})")
+    print(f"done in {result['seconds']:.0f}s", flush=True)
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}; flags look like --name=value", file=sys.stderr)
+        sys.exit(2)
+    logging.set_verbosity(logging.WARNING)
+    try:
+        run()
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _parse_flags_or_exit(argv):
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags_or_exit)
