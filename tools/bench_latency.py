@@ -97,14 +97,15 @@ def _load_trained(path):
     return model
 
 
-def _convert(model, name, workdir, batched="gather"):
+def _convert(model, name, workdir, saved_batched="gather", tflite_batched="dense"):
+    """Exports as `tools.export` does by default (SavedModel "gather", TFLite "dense")."""
     from energynet_tf import export
 
     saved = os.path.join(workdir, name + "_saved_model")
-    export.save_saved_model(model, saved, batched=batched)
+    export.save_saved_model(model, saved, batched=saved_batched)
     tflite = os.path.join(workdir, name + ".tflite")
     with open(tflite, "wb") as f:
-        f.write(export.convert_to_tflite(model, batched=batched))
+        f.write(export.convert_to_tflite(model, batched=tflite_batched))
     return saved, tflite
 
 
@@ -221,7 +222,7 @@ def run():
 
     started = time.time()
     calibration = 100 if not FLAGS.model_dir else 0
-    images = _load_images(FLAGS.examples + calibration + FLAGS.batch_size)
+    images = _load_images(FLAGS.examples + calibration + 4 * FLAGS.batch_size)
     bench_images = images[: FLAGS.examples]
     batch_images = images[FLAGS.examples: FLAGS.examples + FLAGS.batch_size * 4] if FLAGS.batch_size else None
     keras.utils.set_random_seed(FLAGS.seed)
@@ -239,16 +240,16 @@ def run():
     workdir = tempfile.mkdtemp(prefix="bench-latency-")
     print(f"policy: {policy}; converting ...", flush=True)
     exports = {"baseline": _convert(baseline, "baseline", workdir), "learned": _convert(model, "learned", workdir)}
-    exports["masked"] = _convert(model, "masked", workdir, batched="mask")
-    if FLAGS.batch_size:
-        exports["learned_dense"] = _convert(model, "learned_dense", workdir, batched="dense")
+    exports["masked"] = _convert(model, "masked", workdir, "mask", "mask")
+    # The other batched method of each runtime: SavedModel "dense", TFLite "gather".
+    exports["learned_other"] = _convert(model, "learned_other", workdir, "dense", "gather")
     gates = model.num_gates
     for name, pattern in (("all_open", [1] * gates), ("half_closed", [i % 2 == 0 for i in range(gates)]), ("all_closed", [0] * gates)):
         export.force_gate_decisions(model, pattern)  # the trained policy is exported already
         exports[name] = _convert(model, name, workdir)
     print(f"converted in {time.time() - started:.0f}s; timing {FLAGS.examples} images x {FLAGS.rounds} rounds ...", flush=True)
 
-    order = ["baseline", "all_open", "half_closed", "all_closed", "learned", "masked"]
+    order = ["baseline", "all_open", "half_closed", "all_closed", "learned", "learned_other", "masked"]
     variants = [_Variant(name, *exports[name], with_tf=FLAGS.tf_examples > 0) for name in order]
     measured = _time_batch1(variants, bench_images, FLAGS.tf_examples, FLAGS.rounds)
     rows = []
@@ -260,6 +261,8 @@ def run():
             predicted = _predicted(table, [variant.decisions[i] for i in sorted(variant.decisions)])
         if variant.name == "masked":
             predicted = dict(predicted, note="same decisions as learned, but every block runs (multiplied by 0/1)")
+        if variant.name == "learned_other":
+            predicted = dict(predicted, note="learned with the other batched method: SavedModel 'dense', TFLite 'gather'")
         row = {"variant": variant.name, **predicted, **measured[variant.name]}
         for runtime in ("tflite", "tf"):
             key = runtime + "_ms"
@@ -276,12 +279,19 @@ def run():
     }
     batched = None
     if FLAGS.batch_size:
-        batch_variants = [v for v in variants if v.name in ("baseline", "learned")]
-        batch_variants.append(_Variant("learned_dense", *exports["learned_dense"], with_tf=FLAGS.tf_examples > 0))
-        batched = _time_batched(batch_variants, batch_images, FLAGS.batch_size, FLAGS.batch_repeats, FLAGS.rounds, FLAGS.tf_examples > 0)
-        names = {"learned": "gather", "learned_dense": "dense", "baseline": "baseline"}
-        batched = {names[k]: v for k, v in batched.items()}
-        decisions = np.concatenate([export.load_exported(exports["learned"][1])(batch_images[i:i + FLAGS.batch_size])["decisions"] for i in range(0, len(batch_images) - FLAGS.batch_size + 1, FLAGS.batch_size)])
+        batch_variants = [v for v in variants if v.name in ("baseline", "learned", "learned_other")]
+        timed = _time_batched(batch_variants, batch_images, FLAGS.batch_size, FLAGS.batch_repeats, FLAGS.rounds, FLAGS.tf_examples > 0)
+        # learned: SavedModel gather, TFLite dense; learned_other: the reverse.
+        batched = {
+            "baseline": timed["baseline"],
+            "gather": {k: v for k, v in (("tf_ms", timed["learned"].get("tf_ms")), ("tflite_ms", timed["learned_other"]["tflite_ms"])) if v is not None},
+            "dense": {k: v for k, v in (("tf_ms", timed["learned_other"].get("tf_ms")), ("tflite_ms", timed["learned"]["tflite_ms"])) if v is not None},
+        }
+        learned = [v for v in batch_variants if v.name == "learned"][0]
+        decisions = np.concatenate([
+            learned.tflite(batch_images[i:i + FLAGS.batch_size])[1]
+            for i in range(0, len(batch_images) - FLAGS.batch_size + 1, FLAGS.batch_size)
+        ])
         batched["predicted"] = _predicted(table, decisions)
         for name in ("gather", "dense"):
             for runtime in ("tflite", "tf"):
