@@ -17,61 +17,61 @@ GOLDEN_DIR = os.path.join(REPO_ROOT, "tests", "golden", "systolic")
 
 
 def golden_cases():
-  return sorted(os.path.basename(d) for d in glob.glob(os.path.join(GOLDEN_DIR, "*"))
-                if os.path.isdir(d))
+    return sorted(os.path.basename(d) for d in glob.glob(os.path.join(GOLDEN_DIR, "*"))
+                  if os.path.isdir(d))
 
 
 def run_tool(case_dir, outdir, *flags):
-  return systolic_cost.main([f"--topology={os.path.join(case_dir, 'topology.csv')}",
-                             f"--config={os.path.join(case_dir, 'config.cfg')}",
-                             f"--outdir={outdir}", *flags])
+    return systolic_cost.main([f"--topology={os.path.join(case_dir, 'topology.csv')}",
+                               f"--config={os.path.join(case_dir, 'config.cfg')}",
+                               f"--outdir={outdir}", *flags])
 
 
 @pytest.mark.parametrize("case", golden_cases())
 def test_reports_are_byte_identical_to_scalesim(case, tmp_path):
-  case_dir = os.path.join(GOLDEN_DIR, case)
-  assert run_tool(case_dir, tmp_path / "out") == 0
-  for name in scalesim_io.REPORT_FILES:
-    ours = (tmp_path / "out" / name).read_text().splitlines()
-    theirs = open(os.path.join(case_dir, name)).read().splitlines()
-    assert ours[0] == theirs[0], f"{case}/{name}: header differs"
-    assert len(ours) == len(theirs), f"{case}/{name}: {len(ours)} lines, SCALE-Sim {len(theirs)}"
-    header = [h.strip() for h in theirs[0].split(",")]
-    for number, (a, b) in enumerate(zip(ours[1:], theirs[1:]), start=1):
-      fa, fb = a.split(", "), b.split(", ")
-      bad = [f"'{header[i]}': SCALE-Sim {y}, ours {x}" for i, (x, y) in enumerate(zip(fa, fb))
-             if x != y]
-      assert not bad and a == b, f"{case}/{name} layer {number - 1}: " + "; ".join(bad)
+    case_dir = os.path.join(GOLDEN_DIR, case)
+    assert run_tool(case_dir, tmp_path / "out") == 0
+    for name in scalesim_io.REPORT_FILES:
+        ours = (tmp_path / "out" / name).read_text().splitlines()
+        theirs = open(os.path.join(case_dir, name)).read().splitlines()
+        assert ours[0] == theirs[0], f"{case}/{name}: header differs"
+        assert len(ours) == len(theirs), f"{case}/{name}: {len(ours)} lines, SCALE-Sim {len(theirs)}"
+        header = [h.strip() for h in theirs[0].split(",")]
+        for number, (a, b) in enumerate(zip(ours[1:], theirs[1:]), start=1):
+            fa, fb = a.split(", "), b.split(", ")
+            bad = [f"'{header[i]}': SCALE-Sim {y}, ours {x}" for i, (x, y) in enumerate(zip(fa, fb))
+                   if x != y]
+            assert not bad and a == b, f"{case}/{name} layer {number - 1}: " + "; ".join(bad)
 
 
 def test_energy_report(tmp_path):
-  case_dir = os.path.join(GOLDEN_DIR, "resnet38_32x32_os")
-  assert run_tool(case_dir, tmp_path / "a") == 0
-  assert run_tool(case_dir, tmp_path / "b", "--e_dram=100", "--e_sram=3") == 0
-  rows_a = scalesim_io.read_report(str(tmp_path / "a" / "ENERGY_REPORT.csv"))
-  rows_b = scalesim_io.read_report(str(tmp_path / "b" / "ENERGY_REPORT.csv"))
-  assert rows_a[0] == [h.strip() for h in
-                       scalesim_io.ENERGY_REPORT_HEADER.strip().rstrip(",").split(",")]
-  layers = scalesim_io.read_topology(os.path.join(case_dir, "topology.csv"))
-  cfg = scalesim_io.read_config(os.path.join(case_dir, "config.cfg"))
-  expected = systolic.estimate(layers, cfg.accelerator)
-  assert [r[1] for r in rows_a[1:]] == [l.name for l in layers]
-  np.testing.assert_array_equal([float(r[-1]) for r in rows_a[1:]], expected["energy"])
-  cheaper = systolic.estimate(layers, cfg.accelerator,
-                              systolic.EnergyCosts(dram=100, sram=3))
-  np.testing.assert_array_equal([float(r[-1]) for r in rows_b[1:]], cheaper["energy"])
+    case_dir = os.path.join(GOLDEN_DIR, "resnet38_32x32_os")
+    assert run_tool(case_dir, tmp_path / "a") == 0
+    assert run_tool(case_dir, tmp_path / "b", "--e_dram=100", "--e_sram=3") == 0
+    rows_a = scalesim_io.read_report(str(tmp_path / "a" / "ENERGY_REPORT.csv"))
+    rows_b = scalesim_io.read_report(str(tmp_path / "b" / "ENERGY_REPORT.csv"))
+    assert rows_a[0] == [h.strip() for h in
+                         scalesim_io.ENERGY_REPORT_HEADER.strip().rstrip(",").split(",")]
+    layers = scalesim_io.read_topology(os.path.join(case_dir, "topology.csv"))
+    cfg = scalesim_io.read_config(os.path.join(case_dir, "config.cfg"))
+    expected = systolic.estimate(layers, cfg.accelerator)
+    assert [r[1] for r in rows_a[1:]] == [l.name for l in layers]
+    np.testing.assert_array_equal([float(r[-1]) for r in rows_a[1:]], expected["energy"])
+    cheaper = systolic.estimate(layers, cfg.accelerator,
+                                systolic.EnergyCosts(dram=100, sram=3))
+    np.testing.assert_array_equal([float(r[-1]) for r in rows_b[1:]], cheaper["energy"])
 
 
 @pytest.fixture
 def good_inputs(tmp_path):
-  case_dir = os.path.join(GOLDEN_DIR, "odd_12x14_os")
-  config = open(os.path.join(case_dir, "config.cfg")).read()
-  topology = open(os.path.join(case_dir, "topology.csv")).read()
-  return config, topology
+    case_dir = os.path.join(GOLDEN_DIR, "odd_12x14_os")
+    config = open(os.path.join(case_dir, "config.cfg")).read()
+    topology = open(os.path.join(case_dir, "topology.csv")).read()
+    return config, topology
 
 
 def line_of(text, needle):
-  return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
 
 
 @pytest.mark.parametrize("which, old, new, needle, value", [
@@ -88,55 +88,55 @@ def line_of(text, needle):
 ])
 def test_bad_files_one_line_error_exit_2_no_output(tmp_path, capsys, good_inputs, which,
                                                     old, new, needle, value):
-  config, topology = good_inputs
-  texts = {"config": config, "topology": topology}
-  assert old in texts[which]
-  texts[which] = texts[which].replace(old, new)
-  (tmp_path / "c.cfg").write_text(texts["config"])
-  (tmp_path / "t.csv").write_text(texts["topology"])
-  outdir = tmp_path / "out"
-  status = systolic_cost.main([f"--topology={tmp_path / 't.csv'}",
-                               f"--config={tmp_path / 'c.cfg'}", f"--outdir={outdir}"])
-  err = capsys.readouterr().err
-  assert status == 2
-  assert err.count("\n") == 1 and err.startswith("systolic_cost: error: ")
-  path = str(tmp_path / ("c.cfg" if which == "config" else "t.csv"))
-  if needle is None:
-    assert f"{path}: missing section [sparsity]" in err
-  else:
-    assert f"{path}:{line_of(texts[which], needle)}: " in err
-    assert value in err
-  assert not outdir.exists()
+    config, topology = good_inputs
+    texts = {"config": config, "topology": topology}
+    assert old in texts[which]
+    texts[which] = texts[which].replace(old, new)
+    (tmp_path / "c.cfg").write_text(texts["config"])
+    (tmp_path / "t.csv").write_text(texts["topology"])
+    outdir = tmp_path / "out"
+    status = systolic_cost.main([f"--topology={tmp_path / 't.csv'}",
+                                 f"--config={tmp_path / 'c.cfg'}", f"--outdir={outdir}"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("systolic_cost: error: ")
+    path = str(tmp_path / ("c.cfg" if which == "config" else "t.csv"))
+    if needle is None:
+        assert f"{path}: missing section [sparsity]" in err
+    else:
+        assert f"{path}:{line_of(texts[which], needle)}: " in err
+        assert value in err
+    assert not outdir.exists()
 
 
 def test_missing_file_and_bad_flag(tmp_path, capsys, good_inputs):
-  config, _ = good_inputs
-  (tmp_path / "c.cfg").write_text(config)
-  status = systolic_cost.main([f"--topology={tmp_path / 'missing.csv'}",
-                               f"--config={tmp_path / 'c.cfg'}", f"--outdir={tmp_path / 'o'}"])
-  err = capsys.readouterr().err
-  assert status == 2 and f"{tmp_path / 'missing.csv'}: file not found" in err
-  status = systolic_cost.main([f"--topology={tmp_path / 'missing.csv'}",
-                               f"--config={tmp_path / 'c.cfg'}", f"--outdir={tmp_path / 'o'}",
-                               "--e_dram=-1"])
-  err = capsys.readouterr().err
-  assert status == 2 and "EnergyCosts.dram" in err and err.count("\n") == 1
-  with pytest.raises(SystemExit) as info:
-    systolic_cost.main(["--config=x.cfg"])
-  assert info.value.code == 2
-  assert not (tmp_path / "o").exists()
+    config, _ = good_inputs
+    (tmp_path / "c.cfg").write_text(config)
+    status = systolic_cost.main([f"--topology={tmp_path / 'missing.csv'}",
+                                 f"--config={tmp_path / 'c.cfg'}", f"--outdir={tmp_path / 'o'}"])
+    err = capsys.readouterr().err
+    assert status == 2 and f"{tmp_path / 'missing.csv'}: file not found" in err
+    status = systolic_cost.main([f"--topology={tmp_path / 'missing.csv'}",
+                                 f"--config={tmp_path / 'c.cfg'}", f"--outdir={tmp_path / 'o'}",
+                                 "--e_dram=-1"])
+    err = capsys.readouterr().err
+    assert status == 2 and "EnergyCosts.dram" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit) as info:
+        systolic_cost.main(["--config=x.cfg"])
+    assert info.value.code == 2
+    assert not (tmp_path / "o").exists()
 
 
 def test_command_line_exit_status_and_stderr(tmp_path, good_inputs):
-  # The real entry point: errors come before TensorFlow is imported, so stderr is one line.
-  config, topology = good_inputs
-  (tmp_path / "c.cfg").write_text(config.replace("Dataflow : os", "Dataflow : wss"))
-  (tmp_path / "t.csv").write_text(topology)
-  proc = subprocess.run(
-      [sys.executable, "-m", "tools.systolic_cost", f"--topology={tmp_path / 't.csv'}",
-       f"--config={tmp_path / 'c.cfg'}", f"--outdir={tmp_path / 'out'}"],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2
-  assert proc.stderr.count("\n") == 1, proc.stderr
-  assert f"{tmp_path / 'c.cfg'}:" in proc.stderr and "'wss'" in proc.stderr
-  assert not (tmp_path / "out").exists()
+    # The real entry point: errors come before TensorFlow is imported, so stderr is one line.
+    config, topology = good_inputs
+    (tmp_path / "c.cfg").write_text(config.replace("Dataflow : os", "Dataflow : wss"))
+    (tmp_path / "t.csv").write_text(topology)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.systolic_cost", f"--topology={tmp_path / 't.csv'}",
+         f"--config={tmp_path / 'c.cfg'}", f"--outdir={tmp_path / 'out'}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert f"{tmp_path / 'c.cfg'}:" in proc.stderr and "'wss'" in proc.stderr
+    assert not (tmp_path / "out").exists()
