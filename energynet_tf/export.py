@@ -118,7 +118,7 @@ def _check_images_in_graph(images, image_shape):
 
 
 def _run_gated_block(block, x, decision, method):
-    """The block where `decision` (bool, `(batch,)`) is true, its shortcut elsewhere."""
+    """The block where `decision` (bool, `(batch, 1)`) is true, its shortcut elsewhere."""
     import tensorflow as tf
 
     def run_all():
@@ -127,10 +127,13 @@ def _run_gated_block(block, x, decision, method):
     def skip_all():
         return block.shortcut(x, training=False)
 
+    def per_example(d):
+        return tf.reshape(d, (-1, 1, 1, 1))
+
     if method == "mask":
         # For comparison only: what training (and public gated ResNets) do,
         # the block always runs and is multiplied by the decision.
-        return block(x, decision=tf.cast(decision, x.dtype), training=False)
+        return block(x, decision=tf.cast(decision[:, 0], x.dtype), training=False)
     if method == "single":
         # Batch size 1 only (the int8 model's static input): one IF per block.
         return tf.cond(tf.reduce_all(decision), run_all, skip_all, name=f"{block.name}_skip")
@@ -140,20 +143,21 @@ def _run_gated_block(block, x, decision, method):
         def run_and_select():
             shortcut = block.shortcut(x, training=False)
             out = tf.nn.relu(block.residual(x, training=False) + shortcut)
-            return tf.where(tf.reshape(decision, (-1, 1, 1, 1)), out, shortcut)
+            return tf.where(per_example(decision), out, shortcut)
 
         return tf.cond(any_open, run_and_select, skip_all, name=f"{block.name}_skip")
 
     def run_some():
+        d = decision[:, 0]
         shortcut = block.shortcut(x, training=False)
-        open_index = tf.where(decision)[:, 0]
+        open_index = tf.where(d)[:, 0]
         residual = block.residual(tf.gather(x, open_index), training=False)
         out_open = tf.nn.relu(residual + tf.gather(shortcut, open_index))
         # Stitch: example j takes row cumsum(d)[j] - 1 of out_open if open,
         # else row j of the shortcut (placed after out_open).
-        position = tf.cumsum(tf.cast(decision, tf.int32)) - 1
+        position = tf.cumsum(tf.cast(d, tf.int32)) - 1
         num_open = tf.shape(out_open)[0]
-        rows = tf.where(decision, position, num_open + tf.range(tf.shape(x)[0]))
+        rows = tf.where(d, position, num_open + tf.range(tf.shape(x)[0]))
         return tf.gather(tf.concat([out_open, shortcut], axis=0), rows)
 
     def some_or_none():
@@ -194,36 +198,51 @@ def _check_lstm_cell(cell):
         raise ExportError("the fused gate expects an LSTMCell with tanh, sigmoid and a bias")
 
 
+def _gate_step(x, h, c, gate_constants, index):
+    """Gate `index` on block output `x` with LSTM state `(h, c)` (None at the first gate).
+
+    Returns `(h, c, logit)`, `logit` of shape `(batch, 1)`; the gate opens iff
+    `logit > 0`, i.e. iff its probability sigmoid(logit) is > 0.5 (no sigmoid
+    on the critical path).
+    """
+    import tensorflow as tf
+
+    (kernel, bias), out_kernel, out_bias = gate_constants[0][index], gate_constants[1], gate_constants[2]
+    pooled = tf.reduce_mean(x, axis=(1, 2))
+    z = tf.matmul(pooled if h is None else tf.concat([pooled, h], axis=1), kernel) + bias
+    z_i, z_f, z_g, z_o = tf.split(z, 4, axis=1)
+    c_new = tf.sigmoid(z_i) * tf.tanh(z_g)
+    c = c_new if c is None else tf.sigmoid(z_f) * c + c_new
+    h = tf.sigmoid(z_o) * tf.tanh(c)
+    return h, c, tf.matmul(h, out_kernel) + out_bias
+
+
 def _network(model, images, method, gate_constants):
-    """Stem, gated blocks and head on `images`; returns `(logits, gate logits, decisions)`."""
+    """Stem, gated blocks and head on `images`.
+
+    Returns:
+        `(logits, gate logits (batch, num_gates), decisions (batch, num_gates)
+        float 0/1)`, the last two None for a baseline.
+    """
     import tensorflow as tf
 
     x = tf.nn.relu(model.stem_bn(model.stem_conv(images), training=False))
     if model.stem_pool is not None:
         x = model.stem_pool(x)
-    gate_logits, decisions = [], []
-    h = c = None
-    for i, block in enumerate(model.res_blocks):
-        if i == 0 or model.gate is None:
+    x = model.res_blocks[0](x, training=False)
+    if model.gate is None:
+        for block in model.res_blocks[1:]:
             x = block(x, training=False)
-            continue
-        pooled = tf.reduce_mean(x, axis=(1, 2))
-        (kernel, bias), out_kernel, out_bias = gate_constants[0][i - 1], gate_constants[1], gate_constants[2]
-        z = tf.matmul(pooled if h is None else tf.concat([pooled, h], axis=1), kernel) + bias
-        z_i, z_f, z_g, z_o = tf.split(z, 4, axis=1)
-        c_new = tf.sigmoid(z_i) * tf.tanh(z_g)
-        c = c_new if c is None else tf.sigmoid(z_f) * c + c_new
-        h = tf.sigmoid(z_o) * tf.tanh(c)
-        logit = (tf.matmul(h, out_kernel) + out_bias)[:, 0]
-        # sigmoid(logit) > 0.5, without a sigmoid on the critical path.
-        decision = tf.greater(logit, 0.0)
+        return model.classifier(model.head_pool(x)), None, None
+    gate_logits = []
+    h = c = None
+    for i, block in enumerate(model.res_blocks[1:]):
+        h, c, logit = _gate_step(x, h, c, gate_constants, i)
         gate_logits.append(logit)
-        decisions.append(decision)
-        x = _run_gated_block(block, x, decision, method)
+        x = _run_gated_block(block, x, tf.greater(logit, 0.0), method)
     logits = model.classifier(model.head_pool(x))
-    if decisions:
-        return logits, tf.stack(gate_logits, axis=1), tf.cast(tf.stack(decisions, axis=1), tf.float32)
-    return logits, None, None
+    gate_logits = tf.concat(gate_logits, axis=1)
+    return logits, gate_logits, tf.cast(tf.greater(gate_logits, 0.0), tf.float32)
 
 
 def serving_function(model, batched=DEFAULT_BATCHED_METHOD, check_shape=True):
