@@ -99,6 +99,10 @@ _ACTIVE_SETS = 50        # ... of which 50 (active_buf_frac 0.5) form one prefet
 _CALC_READ_BANDWIDTH = 10  # Words per cycle of the first prefetch in CALC mode.
 
 
+class UnsupportedLayerError(ValueError):
+    """A layer whose SCALE-Sim behaviour this estimator does not reproduce; the message says which."""
+
+
 def _is_int(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
@@ -1003,8 +1007,9 @@ def estimate_counts(layers: Sequence[LayerShape],
 
     Raises:
       ValueError: if an argument has the wrong type.
-      NotImplementedError: if SCALE-Sim's write buffer would stall (not seen in SCALE-Sim's
-        CALC mode: the replay checks it rather than assume it).
+      UnsupportedLayerError: if SCALE-Sim's write buffer would stall (not seen in
+        SCALE-Sim's CALC mode: the replay checks it rather than assume it), or an ifmap
+        has 2**31 words or more.
     """
     if not isinstance(config, AcceleratorConfig):
         raise ValueError(f"Argument `config` must be an AcceleratorConfig; received: {config!r}")
@@ -1021,7 +1026,7 @@ def estimate_counts(layers: Sequence[LayerShape],
     out = {key: value.numpy() for key, value in out.items()}
     for i in np.flatnonzero(out["ifmap_replay"]):
         if params[i, 0] * params[i, 1] * params[i, 4] >= 2**31:
-            raise NotImplementedError(f"layer {layers[i].name!r}: ifmaps of 2**31 words or more "
+            raise UnsupportedLayerError(f"layer {layers[i].name!r}: ifmaps of 2**31 words or more "
                                       "are not supported by the ifmap DRAM replay")
         reads, last_line = _ifmap_epochs_fn(k.dataflow)(tf.constant(params[i]), constants)
         out["dram_ifmap_reads"][i] = reads.numpy()
@@ -1030,7 +1035,7 @@ def estimate_counts(layers: Sequence[LayerShape],
         writes, first, stop, unsupported = _ofmap_drains_fn(k.dataflow)(tf.constant(params[i]),
                                                                         constants)
         if bool(unsupported.numpy()):
-            raise NotImplementedError(
+            raise UnsupportedLayerError(
                 f"SCALE-Sim's write buffer would stall on layer {layers[i].name!r} with {config}; "
                 "this estimator does not model write-buffer stalls")
         out["dram_ofmap_writes"][i] = writes.numpy()

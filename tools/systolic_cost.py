@@ -100,7 +100,7 @@ def main(argv=None):
     except scalesim_io.ScaleSimFormatError as e:
         print(f"systolic_cost: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, NotImplementedError) as e:
+    except ValueError as e:  # includes systolic.UnsupportedLayerError
         # E.g. an SRAM below 100 words (AcceleratorConfig): name the config file.
         print(f"systolic_cost: error: {args.config}: {e}", file=sys.stderr)
         return 2
