@@ -222,7 +222,10 @@ def test_closed_blocks_are_not_executed_by_the_tf_runtime(exports, tmp_path):
     assert executed == expected
 
 
+@pytest.mark.slow
 def test_closed_blocks_cost_no_tflite_time(tmp_path):
+    # Timed, so kept out of CI (`pytest -m slow`); the structural tests above
+    # check the skipping without a clock, tools/bench_latency.py measures it.
     # Latency is the observable of skipping in TFLite: with every gate closed
     # the model runs the stem, block 0, the projections, the gates and the head.
     images = _random_images(1)
