@@ -18,7 +18,9 @@ class PhaseSchedule:
     if phase II lost more than `restore_threshold` points of phase I's
     validation accuracy. Each phase has its own cosine-decayed learning rate,
     starting at `lr1`, `lr2` or `lr3`, after `warmup_epochs` of linear warm-up
-    in phase I.
+    in phase I. For the first `gate_warmup_epochs` of phase I every block runs
+    in training whatever its gate decides (the gates still learn, through the
+    straight-through gradient), so blocks learn before gates can close them.
 
     Raises:
         ValueError: naming the field, for a negative or non-finite value.
@@ -36,9 +38,10 @@ class PhaseSchedule:
     restore_threshold: float = 0.1
     target_accuracy: float = None
     warmup_epochs: int = 0
+    gate_warmup_epochs: int = 0
 
     def __post_init__(self):
-        for name in ("phase1_epochs", "phase2_epochs", "phase3_epochs", "warmup_epochs"):
+        for name in ("phase1_epochs", "phase2_epochs", "phase3_epochs", "warmup_epochs", "gate_warmup_epochs"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"PhaseSchedule.{name} must be an int >= 0; received: {value!r}")
@@ -137,6 +140,9 @@ class AlphaPhases(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self.model.alpha.assign(self.schedule.alpha(self.phase))
+        forced = self.phase == 1 and epoch - self.phase_start_epoch < self.schedule.gate_warmup_epochs
+        if hasattr(self.model, "gates_forced_open"):
+            self.model.gates_forced_open.assign(1.0 if forced else 0.0)
         self._set_lr(epoch, 0)
 
     def on_train_batch_begin(self, batch, logs=None):

@@ -97,7 +97,7 @@ class RNNGate(keras.layers.Layer):
         return config
 
 
-def straight_through(probability, training):
+def straight_through(probability, training, floor=None):
     """Returns the hard decision `probability > 0.5` as float.
 
     In training the value is the hard decision but its gradient is that of
@@ -106,11 +106,15 @@ def straight_through(probability, training):
     Args:
         probability: gate probabilities, any shape.
         training: whether to attach the straight-through gradient.
+        floor: None, or a scalar 0/1: with 1 every decision is 1 (the block
+            runs) while the gradient still reaches `probability` (gate warm-up).
 
     Returns:
         A float tensor of 0s and 1s, shaped like `probability`.
     """
     hard = ops.cast(ops.greater(probability, 0.5), probability.dtype)
+    if floor is not None:
+        hard = ops.maximum(hard, ops.cast(floor, probability.dtype))
     if training:
         return hard + probability - ops.stop_gradient(probability)
     return hard

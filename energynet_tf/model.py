@@ -116,6 +116,16 @@ class EnergyNet(keras.Model):
             initializer=keras.initializers.Constant(alpha),
             trainable=False,
         )
+        # 1.0 while training runs every block whatever the gates decide (gate
+        # warm-up, set by `callbacks.AlphaPhases`): a closed block gets no
+        # gradient for its own weights, so gates that close before the blocks
+        # have learned keep them useless and closed.
+        self.gates_forced_open = self.add_weight(
+            name="gates_forced_open",
+            shape=(),
+            initializer="zeros",
+            trainable=False,
+        )
         self.energy_tracker = metrics_lib.EnergyMetrics(self.energy_table, name="energy_metrics")
         self.skip_tracker = metrics_lib.SkipRatios(self.num_gates, name="skip_ratios")
         self.ce_tracker = keras.metrics.Mean(name="cross_entropy")
@@ -223,7 +233,8 @@ class EnergyNet(keras.Model):
             if gate_override is not None:
                 m = gate_override[:, i - 1]
             else:
-                m = gates_lib.straight_through(p, training)
+                m = gates_lib.straight_through(
+                    p, training, floor=self.gates_forced_open if training else None)
             probabilities.append(p)
             masks.append(m)
             x = block(x, decision=m, training=training)

@@ -14,6 +14,7 @@ class _FakeModel:
 
     def __init__(self):
         self.alpha = keras.Variable(0.0, trainable=False)
+        self.gates_forced_open = keras.Variable(0.0, trainable=False)
         self.optimizer = keras.optimizers.SGD(0.0)
         self.stop_training = False
 
@@ -126,3 +127,15 @@ def test_nan_guard_stops_training():
     assert not guard.tripped
     guard.on_train_batch_end(1, {"loss": float("nan")})
     assert guard.tripped and model.stop_training and (guard.bad_epoch, guard.bad_batch) == (4, 1)
+
+
+def test_gate_warmup_forces_blocks_open_in_the_first_epochs_of_phase1():
+    cb = callbacks.AlphaPhases(_schedule(phase1_epochs=3, gate_warmup_epochs=2), steps_per_epoch=2, verbose=False)
+    model = _FakeModel()
+    cb.set_model(model)
+    forced = []
+    for epoch in range(5):
+        cb.on_epoch_begin(epoch)
+        forced.append(float(model.gates_forced_open.numpy()))
+        cb.on_epoch_end(epoch, {"val_accuracy": 0.5})
+    assert forced == [1.0, 1.0, 0.0, 0.0, 0.0]

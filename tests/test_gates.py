@@ -101,3 +101,13 @@ def test_config_round_trip():
     gate = gates.RNNGate(4, units=6, bias_initializer=2.5, name="g")
     clone = gates.RNNGate.from_config(gate.get_config())
     assert (clone.num_gates, clone.units, clone.bias_initializer, clone.name) == (4, 6, 2.5, "g")
+
+
+def test_straight_through_floor_opens_every_gate_but_keeps_the_gradient():
+    p = tf.Variable([0.2, 0.7])
+    with tf.GradientTape() as tape:
+        m = gates.straight_through(p, training=True, floor=tf.constant(1.0))
+        loss = tf.reduce_sum(m * tf.constant([1.0, 2.0]))
+    np.testing.assert_array_equal(m.numpy(), [1.0, 1.0])
+    np.testing.assert_allclose(tape.gradient(loss, p).numpy(), [1.0, 2.0])
+    np.testing.assert_array_equal(gates.straight_through(p, True, floor=tf.constant(0.0)).numpy(), [0.0, 1.0])

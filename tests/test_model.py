@@ -130,6 +130,16 @@ def test_forced_gates_and_skip_metrics():
     np.testing.assert_array_equal(before, after)
 
 
+def test_gates_forced_open_run_every_block_in_training_only():
+    model = _compiled(depth=14, gate_bias_init=-20.0)  # gates closed
+    x, _ = _data(4)
+    assert np.all(model.forward(x, training=True)["decisions"].numpy() == 0)
+    model.gates_forced_open.assign(1.0)
+    assert np.all(model.forward(x, training=True)["decisions"].numpy() == 1)
+    # Evaluation and serving show what the gates decide.
+    assert np.all(model.forward(x)["decisions"].numpy() == 0)
+
+
 def test_baseline_has_no_gates_and_no_savings():
     model = _compiled(depth=8, baseline=True)
     assert model.gate is None

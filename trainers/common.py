@@ -38,6 +38,7 @@ def define_flags(default_depth, default_batch_size=128):
     flags.DEFINE_float("lr2", 0.01, "Learning rate at the start of phase II.")
     flags.DEFINE_float("lr3", 0.001, "Learning rate at the start of phase III.")
     flags.DEFINE_integer("warmup_epochs", 0, "Linear learning-rate warm-up epochs at the start of phase I.")
+    flags.DEFINE_integer("gate_warmup_epochs", 0, "First epochs of phase I in which every block runs in training whatever its gate decides (the gates still learn).")
     flags.DEFINE_float("restore_threshold", 0.1, "Phase III runs if phase II lost more than this many points of validation accuracy.")
     flags.DEFINE_float("target_accuracy", None, "End phase I early once validation accuracy reaches this (the baseline's), in [0, 1].")
     flags.DEFINE_integer("batch_size", default_batch_size, "Training batch size.")
@@ -86,7 +87,7 @@ def check_flags(extra_config):
             raise UsageError(f"--{name}={value} must be a positive integer (or left unset)")
     if FLAGS.phase1_epochs < 1:
         raise UsageError(f"--phase1_epochs={FLAGS.phase1_epochs} must be >= 1")
-    for name in ("phase2_epochs", "phase3_epochs", "warmup_epochs", "seed"):
+    for name in ("phase2_epochs", "phase3_epochs", "warmup_epochs", "gate_warmup_epochs", "seed"):
         value = getattr(FLAGS, name)
         if value < 0:
             raise UsageError(f"--{name}={value} must be >= 0")
@@ -121,6 +122,7 @@ def check_flags(extra_config):
         "lr2": FLAGS.lr2,
         "lr3": FLAGS.lr3,
         "warmup_epochs": FLAGS.warmup_epochs,
+        "gate_warmup_epochs": FLAGS.gate_warmup_epochs,
         "restore_threshold": FLAGS.restore_threshold,
         "target_accuracy": FLAGS.target_accuracy,
         "batch_size": FLAGS.batch_size,
@@ -236,6 +238,7 @@ def run(config, make_model, make_data, top5=False):
         restore_threshold=config["restore_threshold"],
         target_accuracy=config["target_accuracy"],
         warmup_epochs=config["warmup_epochs"],
+        gate_warmup_epochs=config["gate_warmup_epochs"],
     )
     os.makedirs(config["model_dir"], exist_ok=True)
     io_utils.atomic_write_json(os.path.join(config["model_dir"], "config.json"), config)
