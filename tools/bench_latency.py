@@ -30,14 +30,15 @@ examples whose gate is open; "dense": a block runs on the whole batch if any
 example needs it) against the baseline.
 """
 
-import json
 import os
 import sys
 import time
 
 from absl import app
 from absl import flags
-from absl import logging
+
+from energynet_tf import cli
+from energynet_tf.cli import UsageError
 
 flags.DEFINE_string("data_dir", None, "tfds data directory holding cifar10/3.0.2 (default: $TFDS_DATA_DIR).")
 flags.DEFINE_string("model_dir", None, "A trained run (directory with model.keras, or a .keras file) for the learned policy; default: a synthetic input-dependent policy on a random depth-38 network.")
@@ -53,9 +54,6 @@ flags.DEFINE_integer("seed", 0, "Seed of the random networks.")
 
 FLAGS = flags.FLAGS
 
-
-class UsageError(Exception):
-    pass
 
 
 def _check_flags():
@@ -351,24 +349,8 @@ def _print(result):
 
 
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}; flags look like --name=value", file=sys.stderr)
-        sys.exit(2)
-    logging.set_verbosity(logging.WARNING)
-    try:
-        run()
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-def _parse_flags_or_exit(argv):
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cli.run_tool(run, argv)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags_or_exit)
+    app.run(main, flags_parser=cli.parse_flags_or_exit)

@@ -18,12 +18,13 @@ directory next to OUT and moved into place at the end.
 
 import json
 import os
-import sys
 import time
 
 from absl import app
 from absl import flags
-from absl import logging
+
+from energynet_tf import cli
+from energynet_tf.cli import UsageError
 
 flags.DEFINE_string("model_dir", None, "Run directory holding model.keras (and config.json), or a .keras file.")
 flags.DEFINE_string("out", None, "Export directory to create (must not exist or be empty, unless --overwrite).")
@@ -39,9 +40,6 @@ flags.DEFINE_boolean("overwrite", False, "Replace an existing export in --out.")
 
 FLAGS = flags.FLAGS
 
-
-class UsageError(Exception):
-    """A bad flag or path: reported in one line, exit status 2."""
 
 
 def _model_file(model_dir):
@@ -175,7 +173,6 @@ def _verify(model, out, count):
 
 
 def _evaluate_int8(model, out, images, labels):
-    import numpy as np
 
     from energynet_tf import export as export_lib
 
@@ -242,24 +239,8 @@ def run():
 
 
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}; flags look like --name=value", file=sys.stderr)
-        sys.exit(2)
-    logging.set_verbosity(logging.WARNING)
-    try:
-        run()
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-def _parse_flags_or_exit(argv):
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cli.run_tool(run, argv)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags_or_exit)
+    app.run(main, flags_parser=cli.parse_flags_or_exit)

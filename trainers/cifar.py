@@ -8,6 +8,7 @@ See README.md and BUILD.md for the defaults and how they were chosen.
 from absl import app
 from absl import flags
 
+from energynet_tf import cli
 from trainers import common
 
 common.define_flags(default_depth=38)
@@ -45,8 +46,7 @@ def _make_data(config):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise common.UsageError(f"unexpected arguments {argv[1:]}; flags look like --name=value")
+    cli.reject_arguments(argv)
     if FLAGS.validation_examples < 0 or FLAGS.validation_examples >= 50000:
         raise common.UsageError(f"--validation_examples={FLAGS.validation_examples} must be in [0, 50000)")
     config = common.check_flags({"dataset": "cifar10", "validation_examples": FLAGS.validation_examples})

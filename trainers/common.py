@@ -2,7 +2,6 @@
 
 import json
 import os
-import sys
 import time
 
 # Keep TensorFlow's C++ start-up chatter out of the progress output.
@@ -17,8 +16,8 @@ FLAGS = flags.FLAGS
 _RESUMABLE_KEYS = ("model_dir", "data_dir", "verbose")
 
 
-class UsageError(Exception):
-    """A bad flag value or run directory: reported in one line, exit status 2."""
+from energynet_tf import cli  # noqa: E402
+from energynet_tf.cli import UsageError  # noqa: E402  (re-exported for the trainers)
 
 
 def define_flags(default_depth, default_batch_size=128):
@@ -270,31 +269,20 @@ def main_guard(fn):
     try:
         metrics = fn()
     except UsageError as e:
-        _fail(e, 2)
+        cli.fail(e, 2)
     except Exception as e:  # noqa: BLE001 - only the known kinds below are turned into one line
         # Imported here: a bad flag must be reported before TensorFlow loads.
         from energynet_tf import training
         from energynet_tf.data import common as data_common
 
         if isinstance(e, (data_common.DataNotFoundError, ValueError)):
-            _fail(e, 2)
+            cli.fail(e, 2)
         if isinstance(e, training.TrainingError):
-            _fail(e, 3)
+            cli.fail(e, 3)
         raise
     if metrics is not None and FLAGS.verbose:
         summary = {k: metrics[k] for k in ("test_accuracy", "energy_savings", "block_energy_savings", "mac_savings", "epochs") if k in metrics}
         print(f"done in {time.time() - start:.0f}s: {json.dumps(summary)}", flush=True)
 
 
-def _fail(error, status):
-    print(f"error: {error}", file=sys.stderr, flush=True)
-    sys.exit(status)
-
-
-def parse_flags_or_exit(argv):
-    """absl flags parser that reports bad flags in one line with exit status 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+parse_flags_or_exit = cli.parse_flags_or_exit

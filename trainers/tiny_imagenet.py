@@ -12,6 +12,7 @@ code did; 64 runs natively).
 from absl import app
 from absl import flags
 
+from energynet_tf import cli
 from trainers import common
 
 common.define_flags(default_depth=50, default_batch_size=64)
@@ -56,8 +57,7 @@ def _make_data(config):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise common.UsageError(f"unexpected arguments {argv[1:]}; flags look like --name=value")
+    cli.reject_arguments(argv)
     if FLAGS.image_size < 32:
         raise common.UsageError(f"--image_size={FLAGS.image_size} must be >= 32")
     if FLAGS.max_eval_examples is not None and FLAGS.max_eval_examples < 1:

@@ -1,0 +1,40 @@
+"""Command-line plumbing shared by trainers/ and tools/: one-line errors, exit status 2."""
+
+import sys
+
+from absl import flags
+from absl import logging
+
+
+class UsageError(Exception):
+    """A bad flag, path or file: reported as one `error: ...` line, exit status 2."""
+
+
+def fail(message, status=2):
+    """Prints `error: message` on stderr and exits with `status`."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+def parse_flags_or_exit(argv):
+    """absl flags parser for `app.run` that reports bad flags in one line, exit status 2."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(e)
+
+
+def reject_arguments(argv):
+    """Raises `UsageError` for positional arguments (a mistyped flag lands there)."""
+    if len(argv) > 1:
+        raise UsageError(f"unexpected arguments {argv[1:]}; flags look like --name=value")
+
+
+def run_tool(run, argv):
+    """Runs `run()` as a tool's main: `UsageError` becomes one line and exit status 2."""
+    logging.set_verbosity(logging.WARNING)
+    try:
+        reject_arguments(argv)
+        run()
+    except UsageError as e:
+        fail(e)
