@@ -7,48 +7,13 @@ import pytest
 
 from energynet_tf import scalesim_io
 from energynet_tf import systolic
+from tools import make_systolic_golden
 
 GOLDEN_DIR = os.path.join(os.path.dirname(__file__), "golden", "systolic")
 
-CONFIG = """\
-[general]
-run_name = test
-
-[architecture_presets]
-ArrayHeight:    12
-ArrayWidth:     14
-IfmapSramSzkB:    2
-FilterSramSzkB:   3
-OfmapSramSzkB:    1
-IfmapOffset:    0
-FilterOffset:   10000000
-OfmapOffset:    20000000
-Dataflow : ws
-Bandwidth : 10
-ReadRequestBuffer: 32
-WriteRequestBuffer: 32
-
-[layout]
-IfmapCustomLayout: False
-IfmapSRAMBankBandwidth: 10
-IfmapSRAMBankNum: 10
-IfmapSRAMBankPort: 2
-FilterCustomLayout: False
-FilterSRAMBankBandwidth: 10
-FilterSRAMBankNum: 10
-FilterSRAMBankPort: 2
-
-[sparsity]
-SparsitySupport : false
-SparseRep : ellpack_block
-OptimizedMapping : false
-BlockSize : 8
-RandomNumberGeneratorSeed : 40
-
-[run_presets]
-InterfaceBandwidth: CALC
-UseRamulatorTrace: False
-"""
+# The golden generator's own .cfg writer: one SCALE-Sim config format in the repo.
+CONFIG = make_systolic_golden.config_text(
+    rows=12, cols=14, dataflow="ws", ifmap_kb=2, filter_kb=3, ofmap_kb=1, run_name="test")
 
 TOPOLOGY = """\
 Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,
