@@ -18,18 +18,7 @@ FLAGS = flags.FLAGS
 
 
 def _make_model(config):
-    from energynet_tf.model import EnergyNet
-
-    return EnergyNet(
-        depth=config["depth"],
-        num_classes=10,
-        image_shape=(32, 32, 3),
-        baseline=config["baseline"],
-        gate_units=config["gate_units"],
-        gate_bias_init=config["gate_bias_init"],
-        alpha=config["alpha1"],
-        accelerator=config["accelerator"],
-    )
+    return common.build_model(config, num_classes=10, image_shape=(32, 32, 3))
 
 
 def _make_data(config):

@@ -179,6 +179,22 @@ def check_run_dir(config):
             )
 
 
+def build_model(config, num_classes, image_shape):
+    """Builds the run's `EnergyNet` from its resolved configuration."""
+    from energynet_tf.model import EnergyNet
+
+    return EnergyNet(
+        depth=config["depth"],
+        num_classes=num_classes,
+        image_shape=image_shape,
+        baseline=config["baseline"],
+        gate_units=config["gate_units"],
+        gate_bias_init=config["gate_bias_init"],
+        alpha=config["alpha1"],
+        accelerator=config["accelerator"],
+    )
+
+
 def init_from_baseline(model, path):
     """Copies a baseline's backbone weights (stem, blocks, head) into `model`."""
     import keras
