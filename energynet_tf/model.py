@@ -317,6 +317,17 @@ class EnergyNet(keras.Model):
         return self._update_metrics(x, y, sample_weight, out, ce, loss)
 
     # -- serialisation ----------------------------------------------------------
+    def load_own_variables(self, store):
+        """Loads `alpha` and `gates_forced_open`; files with `alpha` only load too.
+
+        Models saved before gate warm-up existed hold one variable; the flag
+        they lack is 0 (gates decide) outside warm-up, which is its default.
+        """
+        if len(store.keys()) == 1:
+            self.alpha.assign(store["0"])
+            return
+        super().load_own_variables(store)
+
     def get_config(self):
         config = super().get_config()
         config.update(

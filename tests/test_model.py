@@ -173,6 +173,33 @@ def test_keras_round_trip_identical_outputs_and_gates(tmp_path):
     assert (loaded.gate_units, loaded.num_classes, loaded.name) == (6, 7, "custom")
 
 
+def test_loads_files_saved_before_gates_forced_open_existed(tmp_path):
+    import h5py
+    import zipfile
+
+    model = EnergyNet(depth=8, alpha=0.25)
+    model.gates_forced_open.assign(1.0)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    # Rewrite the archive as the older format: the model's own vars hold alpha only.
+    old = tmp_path / "old.keras"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(old, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "model.weights.h5":
+                weights = tmp_path / "w.h5"
+                weights.write_bytes(data)
+                with h5py.File(weights, "r+") as f:
+                    del f["vars"]["1"]
+                data = weights.read_bytes()
+            dst.writestr(name, data)
+    loaded = keras.saving.load_model(old)
+    assert float(loaded.alpha.numpy()) == pytest.approx(0.25)
+    assert float(loaded.gates_forced_open.numpy()) == 0.0
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(model.forward(x)["logits"].numpy(), loaded.forward(x)["logits"].numpy())
+
+
 def test_few_training_steps_reduce_the_loss():
     model = _compiled(depth=8, alpha=0.1)
     x, y = _data(32, seed=4)
