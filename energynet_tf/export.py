@@ -18,13 +18,18 @@ decisions differ there are two methods:
       some open -> s = shortcut(x); the residual branch on x[open] only;
                    the outputs are stitched back in batch order with a gather
 
-* "dense" (the TFLite model's default) runs the block on the whole batch when
-  any example's gate is open and selects per example; its cost is
-  all-or-nothing per batch, but all its shapes are static. In TFLite, the
-  value-dependent shapes of "gather" make the tensors after it dynamic, and
-  an `IF` op costs its input and output copies, so one `IF` per block with
-  static shapes is what keeps batch-1 inference fast (docs/export.md has
-  the measurements).
+* "dense" runs the block on the whole batch when any example's gate is open
+  and selects per example; its cost is all-or-nothing per batch, but all its
+  shapes are static.
+
+The TFLite model's default is "single": its input has batch size 1 (the
+on-device case) and each gated block is one `IF` on that image's decision,
+with the plain block in one branch and the shortcut in the other: no
+per-example select, no dynamic shapes. `load_exported` feeds a larger batch
+one image at a time. An `IF` op copies its inputs into the branch subgraph
+and the result back, and "dense"'s per-example select is one more pass over
+the block's output; at batch 1 "single" is the fastest (docs/export.md has
+the measurements). `tflite_batched="dense"` gives a resizable batch.
 
 Outputs of the serving signature `serving_default` (input `images`, float32
 `(batch, height, width, channels)`, normalised as in training):
@@ -63,8 +68,9 @@ SERVING_KEY = "serving_default"
 INPUT_NAME = "images"
 OUTPUT_KEYS = ("logits", "decisions", "probabilities", "energy")
 BATCHED_METHODS = ("gather", "dense")
+TFLITE_BATCHED_METHODS = ("single",) + BATCHED_METHODS
 DEFAULT_BATCHED_METHOD = "gather"  # the SavedModel's
-DEFAULT_TFLITE_BATCHED_METHOD = "dense"  # static shapes: see the module doc
+DEFAULT_TFLITE_BATCHED_METHOD = "single"  # batch size 1: see the module doc
 
 SAVED_MODEL_DIR = "saved_model"
 TFLITE_FILE = "model.tflite"
@@ -548,22 +554,29 @@ def convert_to_tflite(model, batched=DEFAULT_TFLITE_BATCHED_METHOD):
     """Converts `model`'s serving graph to a float32 TFLite flatbuffer with `IF` ops.
 
     The conversion goes through a SavedModel written by Keras' `ExportArchive`
-    (DESIGN 4: `from_concrete_functions` converts but fails at run time). The
-    input's batch size is dynamic (`resize_tensor_input`).
+    (DESIGN 4: `from_concrete_functions` converts but fails at run time).
 
     Args:
         model: an `EnergyNet`.
-        batched: see `serving_function`.
+        batched: "single" (input batch size 1, one `IF` per gated block on
+            that image's decision) or "gather"/"dense" (a resizable batch;
+            see `serving_function`).
 
     Returns:
         The TFLite model as bytes.
+
+    Raises:
+        ValueError: if `batched` is not one of `TFLITE_BATCHED_METHODS`.
     """
     import tensorflow as tf
 
+    if batched not in TFLITE_BATCHED_METHODS:
+        raise ValueError(f"Argument `batched` must be one of {TFLITE_BATCHED_METHODS}; received: {batched!r}")
     _check_model(model)
+    batch_size = 1 if batched == "single" else None
     with tempfile.TemporaryDirectory(prefix="energynet-export-") as tmp:
         # TFLite drops asserts; the interpreter and `load_exported` check shapes.
-        save_saved_model(model, tmp, batched, check_shape=False)
+        save_saved_model(model, tmp, batched, check_shape=False, batch_size=batch_size)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SERVING_KEY])
         return converter.convert()
 

@@ -138,6 +138,30 @@ def test_per_gate_pattern_and_dense_method_match_keras(tmp_path):
         _assert_parity({k: v.numpy() for k, v in got.items()}, want)
 
 
+def test_tflite_single_takes_one_image_and_dense_a_resizable_batch(tmp_path):
+    images = _random_images(6, seed=4)
+    model = _model("learned", images, depth=14)
+    want = _keras(model, images)
+    for batched, batch_dim in (("single", 1), ("dense", -1)):
+        path = tmp_path / f"{batched}.tflite"
+        path.write_bytes(export.convert_to_tflite(model, batched))
+        interpreter, index, _ = export.tflite_interpreter(path)
+        details = [d for d in interpreter.get_input_details() if d["index"] == index][0]
+        assert details["shape_signature"][0] == batch_dim
+        main = export.tflite_op_counts(str(path))[0][1]
+        assert main["IF"] == model.num_gates
+        branch_ops = set().union(*(c for _, c in export.tflite_op_counts(str(path))[1:]))
+        # "single" branches are the plain block: no per-example select.
+        assert ("SELECT_V2" in branch_ops) == (batched == "dense")
+    for batched in ("single", "dense"):
+        tmp = tmp_path / f"export_{batched}"
+        export.export_model(model, tmp, tflite_batched=batched)
+        got = export.load_exported(tmp, backend="tflite")(images)
+        _assert_parity(got, want)
+    with pytest.raises(ValueError, match="`batched` must be one of"):
+        export.convert_to_tflite(model, "sideways")
+
+
 # -- the skipping is real ------------------------------------------------------
 
 

@@ -49,7 +49,7 @@ def test_export_writes_saved_model_tflite_and_metadata(run_dir, tmp_path):
     assert not [name for name in os.listdir(out.parent) if name.startswith(".export-")]
     meta = json.loads((out / "export.json").read_text())
     assert meta["model"] == {"depth": 8, "baseline": False, "num_classes": 10, "image_shape": [32, 32, 3], "num_gates": 2}
-    assert meta["batched_skipping"]["saved_model"] == "gather" and meta["batched_skipping"]["tflite"] == "dense"
+    assert meta["batched_skipping"]["saved_model"] == "gather" and meta["batched_skipping"]["tflite"] == "single"
     assert meta["outputs"] == list(export.OUTPUT_KEYS)
     for backend in ("saved_model", "tflite"):
         check = meta["verification"][backend]

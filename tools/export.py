@@ -30,7 +30,7 @@ flags.DEFINE_string("model_dir", None, "Run directory holding model.keras (and c
 flags.DEFINE_string("out", None, "Export directory to create (must not exist or be empty, unless --overwrite).")
 flags.DEFINE_enum("batched", "gather", ["gather", "dense"], "SavedModel: how a batch with mixed gate decisions skips a block: 'gather' runs it on the open examples only, 'dense' on the whole batch when any is open.")
 flags.DEFINE_boolean("tflite", True, "Also write OUT/model.tflite.")
-flags.DEFINE_enum("tflite_batched", "dense", ["gather", "dense"], "The same for OUT/model.tflite ('dense' keeps TFLite's shapes static: fastest at batch size 1).")
+flags.DEFINE_enum("tflite_batched", "single", ["single", "gather", "dense"], "OUT/model.tflite: 'single' takes one image per call (one IF per gated block; the fastest at batch size 1), 'gather'/'dense' a resizable batch as for --batched.")
 flags.DEFINE_boolean("int8", False, "Also write OUT/model_int8.tflite (post-training int8, calibrated on training images) and measure it on test images.")
 flags.DEFINE_string("data_dir", None, "Dataset for --int8 (default: the run's config.json data_dir).")
 flags.DEFINE_integer("calibration_examples", 256, "Training images used to calibrate --int8.")
