@@ -560,7 +560,8 @@ def convert_to_tflite(model, batched=DEFAULT_TFLITE_BATCHED_METHOD):
         model: an `EnergyNet`.
         batched: "single" (input batch size 1, one `IF` per gated block on
             that image's decision) or "gather"/"dense" (a resizable batch;
-            see `serving_function`).
+            see `serving_function`); "mask" (every block runs, for
+            comparisons) also gives a resizable batch.
 
     Returns:
         The TFLite model as bytes.
@@ -570,7 +571,7 @@ def convert_to_tflite(model, batched=DEFAULT_TFLITE_BATCHED_METHOD):
     """
     import tensorflow as tf
 
-    if batched not in TFLITE_BATCHED_METHODS:
+    if batched not in TFLITE_BATCHED_METHODS + ("mask",):
         raise ValueError(f"Argument `batched` must be one of {TFLITE_BATCHED_METHODS}; received: {batched!r}")
     _check_model(model)
     batch_size = 1 if batched == "single" else None
@@ -579,6 +580,53 @@ def convert_to_tflite(model, batched=DEFAULT_TFLITE_BATCHED_METHOD):
         save_saved_model(model, tmp, batched, check_shape=False, batch_size=batch_size)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SERVING_KEY])
         return converter.convert()
+
+
+def convert_subnetwork_to_tflite(model, open_blocks):
+    """Converts the network with only the blocks in `open_blocks` to a batch-1 TFLite model.
+
+    No gates, no control flow: the stem, block 0, gated block i + 1 where
+    `open_blocks[i]` is truthy (its shortcut elsewhere) and the head, as a
+    plain static graph. For an image whose gates decide `open_blocks`, its
+    logits are the gated model's, so its latency is what any implementation of
+    that image's skipping can at best reach on the same runtime: the
+    benchmarks' "oracle".
+
+    Args:
+        model: a gated `EnergyNet`.
+        open_blocks: `num_gates` decisions.
+
+    Returns:
+        The TFLite model as bytes; its signature `serving_default` maps
+        `images` to `logits`.
+
+    Raises:
+        ValueError: if `open_blocks` does not have `num_gates` entries.
+    """
+    import keras
+    import tensorflow as tf
+
+    _check_model(model)
+    pattern = [bool(d) for d in np.asarray(open_blocks).reshape(-1)]
+    if len(pattern) != model.num_gates:
+        raise ValueError(f"Argument `open_blocks` must have {model.num_gates} entries; received {len(pattern)}")
+
+    def serve(images):
+        x = tf.nn.relu(model.stem_bn(model.stem_conv(images), training=False))
+        if model.stem_pool is not None:
+            x = model.stem_pool(x)
+        x = model.res_blocks[0](x, training=False)
+        for run, block in zip(pattern, model.res_blocks[1:]):
+            x = block(x, training=False) if run else block.shortcut(x, training=False)
+        return {"logits": model.classifier(model.head_pool(x))}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    spec = tf.TensorSpec((1,) + tuple(model.image_shape), tf.float32, name=INPUT_NAME)
+    archive.add_endpoint(SERVING_KEY, serve, input_signature=[spec])
+    with tempfile.TemporaryDirectory(prefix="energynet-subnetwork-") as tmp:
+        archive.write_out(tmp, verbose=False)
+        return tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SERVING_KEY]).convert()
 
 
 def tflite_op_counts(model_content):

@@ -162,6 +162,26 @@ def test_tflite_single_takes_one_image_and_dense_a_resizable_batch(tmp_path):
         export.convert_to_tflite(model, "sideways")
 
 
+def test_subnetwork_of_an_images_decisions_gives_its_logits(tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    images = _random_images(3, seed=5)
+    model = _model("learned", images, depth=14)
+    want = _keras(model, images)
+    for i in range(len(images)):
+        content = export.convert_subnetwork_to_tflite(model, want["decisions"][i])
+        main = export.tflite_op_counts(content)
+        assert len(main) == 1 and "IF" not in main[0][1]
+        assert main[0][1]["CONV_2D"] == _fixed_convs(model) + sum(
+            len(b.convs) for d, b in zip(want["decisions"][i], model.res_blocks[1:]) if d
+        ) + sum(int(b.projection) for b in model.res_blocks[1:])
+        runner = Interpreter(model_content=content).get_signature_runner(export.SERVING_KEY)
+        got = runner(images=images[i:i + 1])["logits"]
+        np.testing.assert_allclose(got, want["logits"][i:i + 1], atol=ATOL)
+    with pytest.raises(ValueError, match="`open_blocks` must have 5 entries"):
+        export.convert_subnetwork_to_tflite(model, [1, 0])
+
+
 # -- the skipping is real ------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ import os
 import sys
 import time
 
+import numpy as np
 from absl import app
 from absl import flags
 
@@ -49,6 +50,7 @@ flags.DEFINE_integer("rounds", 3, "Times each image is timed per variant (interl
 flags.DEFINE_integer("tf_examples", 100, "Images timed in the TensorFlow runtime (slower); 0 skips it.")
 flags.DEFINE_integer("batch_size", 16, "Also time the policy at this batch size (gather vs dense vs baseline); 0 skips.")
 flags.DEFINE_integer("batch_repeats", 10, "Batches of --batch_size timed per variant and round.")
+flags.DEFINE_integer("oracle_patterns", 12, "Oracle: static subnetworks built for the learned policy's this many most frequent decision patterns (0 skips the oracle).")
 flags.DEFINE_string("out", None, "Write the results as JSON to this file.")
 flags.DEFINE_integer("seed", 0, "Seed of the random networks.")
 
@@ -60,7 +62,7 @@ def _check_flags():
     for name in ("examples", "rounds"):
         if getattr(FLAGS, name) < 1:
             raise UsageError(f"--{name}={getattr(FLAGS, name)} must be >= 1")
-    for name in ("tf_examples", "batch_size", "batch_repeats"):
+    for name in ("tf_examples", "batch_size", "batch_repeats", "oracle_patterns"):
         if getattr(FLAGS, name) < 0:
             raise UsageError(f"--{name}={getattr(FLAGS, name)} must be >= 0")
     if not 0.0 <= FLAGS.open_fraction <= 1.0:
@@ -95,8 +97,8 @@ def _load_trained(path):
     return model
 
 
-def _convert(model, name, workdir, saved_batched="gather", tflite_batched="dense"):
-    """Exports as `tools.export` does by default (SavedModel "gather", TFLite "dense")."""
+def _convert(model, name, workdir, saved_batched="gather", tflite_batched="single"):
+    """Exports as `tools.export` does by default (SavedModel "gather", TFLite "single")."""
     from energynet_tf import export
 
     saved = os.path.join(workdir, name + "_saved_model")
@@ -123,7 +125,7 @@ class _Variant:
         self.times = {"tflite": {}, "tf": {}}
         self.decisions = {}
 
-    def tflite(self, images):
+    def tflite(self, images, index=None):
         if images.shape[0] != self.batch:
             self.interpreter.resize_tensor_input(self.input, list(images.shape), strict=True)
             self.interpreter.allocate_tensors()
@@ -144,19 +146,55 @@ class _Variant:
         return time.perf_counter() - start, decisions
 
 
+class _Oracle:
+    """Per image, the static subnetwork of its learned decisions (TFLite only).
+
+    `patterns` maps a decision tuple to its subnetwork's .tflite path; images
+    whose pattern has no subnetwork are not timed.
+    """
+
+    def __init__(self, patterns, decisions):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.name = "oracle"
+        self.signature = None
+        self.runners = {}
+        for pattern, path in patterns.items():
+            interpreter = Interpreter(model_path=path, num_threads=1)
+            interpreter.allocate_tensors()
+            self.runners[pattern] = (interpreter, interpreter.get_input_details()[0]["index"])
+        self.pattern_of = {i: tuple(int(v) for v in d) for i, d in enumerate(decisions)}
+        self.times = {"tflite": {}, "tf": {}}
+        self.decisions = {}
+
+    def covers(self, index):
+        return self.pattern_of.get(index) in self.runners
+
+    def tflite(self, images, index=None):
+        if not self.covers(index):
+            return None, None
+        interpreter, input_index = self.runners[self.pattern_of[index]]
+        interpreter.set_tensor(input_index, images)
+        start = time.perf_counter()
+        interpreter.invoke()
+        return time.perf_counter() - start, np.asarray([self.pattern_of[index]], np.float32)
+
+
 def _time_batch1(variants, images, tf_count, rounds):
     import numpy as np
 
     for variant in variants:  # warm-up
         for i in range(5):
-            variant.tflite(images[i:i + 1])
+            variant.tflite(images[i:i + 1], i)
             if tf_count and variant.signature is not None:
                 variant.tf(images[i:i + 1])
     for _ in range(rounds):
         for i in range(len(images)):
             x = images[i:i + 1]
             for variant in variants:
-                t, d = variant.tflite(x)
+                t, d = variant.tflite(x, i)
+                if t is None:
+                    continue
                 variant.times["tflite"].setdefault(i, []).append(t)
                 variant.decisions[i] = d[0]
                 if i < tf_count and variant.signature is not None:
@@ -170,6 +208,12 @@ def _time_batch1(variants, images, tf_count, rounds):
                 row[runtime + "_ms"] = 1e3 * float(np.mean([np.median(v) for v in per_image.values()]))
         result[variant.name] = row
     return result
+
+
+def _mean_over(variant, indices):
+    import numpy as np
+
+    return 1e3 * float(np.mean([np.median(variant.times["tflite"][i]) for i in indices]))
 
 
 def _time_batched(variants, images, batch_size, repeats, rounds, with_tf):
@@ -239,8 +283,25 @@ def run():
     print(f"policy: {policy}; converting ...", flush=True)
     exports = {"baseline": _convert(baseline, "baseline", workdir), "learned": _convert(model, "learned", workdir)}
     exports["masked"] = _convert(model, "masked", workdir, "mask", "mask")
-    # The other batched method of each runtime: SavedModel "dense", TFLite "gather".
-    exports["learned_other"] = _convert(model, "learned_other", workdir, "dense", "gather")
+    # The other batched method of each runtime: SavedModel and TFLite "dense".
+    exports["learned_other"] = _convert(model, "learned_other", workdir, "dense", "dense")
+    if FLAGS.batch_size:  # resizable TFLite models for the batched rows
+        batched_tflite = {
+            "baseline": export.convert_to_tflite(baseline, "dense"),
+            "gather": export.convert_to_tflite(model, "gather"),
+        }
+    learned_probe = _Variant("probe", *exports["learned"], with_tf=False)
+    learned_decisions = np.stack([learned_probe.tflite(bench_images[i:i + 1])[1][0] for i in range(len(bench_images))])
+    oracle_patterns = {}
+    if FLAGS.oracle_patterns:
+        import collections
+
+        counts = collections.Counter(tuple(int(v) for v in d) for d in learned_decisions)
+        for k, (pattern, _) in enumerate(counts.most_common(FLAGS.oracle_patterns)):
+            path = os.path.join(workdir, f"oracle_{k}.tflite")
+            with open(path, "wb") as f:
+                f.write(export.convert_subnetwork_to_tflite(model, pattern))
+            oracle_patterns[pattern] = path
     gates = model.num_gates
     for name, pattern in (("all_open", [1] * gates), ("half_closed", [i % 2 == 0 for i in range(gates)]), ("all_closed", [0] * gates)):
         export.force_gate_decisions(model, pattern)  # the trained policy is exported already
@@ -249,10 +310,15 @@ def run():
 
     order = ["baseline", "all_open", "half_closed", "all_closed", "learned", "learned_other", "masked"]
     variants = [_Variant(name, *exports[name], with_tf=FLAGS.tf_examples > 0) for name in order]
+    if oracle_patterns:
+        variants.append(_Oracle(oracle_patterns, learned_decisions))
     measured = _time_batch1(variants, bench_images, FLAGS.tf_examples, FLAGS.rounds)
     rows = []
     base = measured["baseline"]
+    by_variant = {v.name: v for v in variants}
     for variant in variants:
+        if variant.name == "oracle":
+            continue
         if variant.name == "baseline":
             predicted = {"mac_ratio": 1.0, "energy_ratio": 1.0, "open_fraction": 1.0}
         else:
@@ -260,7 +326,7 @@ def run():
         if variant.name == "masked":
             predicted = dict(predicted, note="same decisions as learned, but every block runs (multiplied by 0/1)")
         if variant.name == "learned_other":
-            predicted = dict(predicted, note="learned with the other batched method: SavedModel 'dense', TFLite 'gather'")
+            predicted = dict(predicted, note="learned with the other batched method: SavedModel and TFLite 'dense'")
         row = {"variant": variant.name, **predicted, **measured[variant.name]}
         for runtime in ("tflite", "tf"):
             key = runtime + "_ms"
@@ -268,6 +334,19 @@ def run():
                 row[runtime + "_ratio"] = row[key] / base[key]
         rows.append(row)
     by_name = {r["variant"]: r for r in rows}
+    oracle = None
+    if oracle_patterns:
+        covered = [i for i in range(len(bench_images)) if by_variant["oracle"].covers(i)]
+        on = {name: _mean_over(by_variant[name], covered) for name in ("baseline", "learned", "oracle")}
+        oracle = {
+            "patterns": len(oracle_patterns),
+            "images": len(covered),
+            "mac_ratio": _predicted(table, learned_decisions[covered])["mac_ratio"],
+            **{f"{name}_ms": value for name, value in on.items()},
+            "oracle_ratio": on["oracle"] / on["baseline"],
+            "learned_ratio": on["learned"] / on["baseline"],
+            "learned_over_oracle": on["learned"] / on["oracle"],
+        }
     goals = {
         "tflite_all_open_overhead": by_name["all_open"]["tflite_ratio"] - 1.0,
         "tflite_all_open_overhead_ok": by_name["all_open"]["tflite_ratio"] - 1.0 <= 0.05,
@@ -277,17 +356,22 @@ def run():
     }
     batched = None
     if FLAGS.batch_size:
-        batch_variants = [v for v in variants if v.name in ("baseline", "learned", "learned_other")]
-        timed = _time_batched(batch_variants, batch_images, FLAGS.batch_size, FLAGS.batch_repeats, FLAGS.rounds, FLAGS.tf_examples > 0)
-        # learned: SavedModel gather, TFLite dense; learned_other: the reverse.
-        batched = {
-            "baseline": timed["baseline"],
-            "gather": {k: v for k, v in (("tf_ms", timed["learned"].get("tf_ms")), ("tflite_ms", timed["learned_other"]["tflite_ms"])) if v is not None},
-            "dense": {k: v for k, v in (("tf_ms", timed["learned_other"].get("tf_ms")), ("tflite_ms", timed["learned"]["tflite_ms"])) if v is not None},
-        }
-        learned = [v for v in batch_variants if v.name == "learned"][0]
+        batch_variants = []
+        for name, saved, content in (
+            ("baseline", exports["baseline"][0], batched_tflite["baseline"]),
+            ("gather", exports["learned"][0], batched_tflite["gather"]),
+            ("dense", *exports["learned_other"]),
+        ):
+            if isinstance(content, bytes):
+                path = os.path.join(workdir, f"batched_{name}.tflite")
+                with open(path, "wb") as f:
+                    f.write(content)
+                content = path
+            batch_variants.append(_Variant(name, saved, content, with_tf=FLAGS.tf_examples > 0))
+        batched = _time_batched(batch_variants, batch_images, FLAGS.batch_size, FLAGS.batch_repeats, FLAGS.rounds, FLAGS.tf_examples > 0)
+        dense = batch_variants[2]
         decisions = np.concatenate([
-            learned.tflite(batch_images[i:i + FLAGS.batch_size])[1]
+            dense.tflite(batch_images[i:i + FLAGS.batch_size])[1]
             for i in range(0, len(batch_images) - FLAGS.batch_size + 1, FLAGS.batch_size)
         ])
         batched["predicted"] = _predicted(table, decisions)
@@ -306,6 +390,7 @@ def run():
         "rounds": FLAGS.rounds,
         "threads": {"tflite": 1, "tf_intra_op": 1, "tf_inter_op": 1},
         "rows": rows,
+        "oracle": oracle,
         "goals": goals,
         "batched": {"batch_size": FLAGS.batch_size, **batched} if batched else None,
         "seconds": round(time.time() - started, 1),
@@ -337,6 +422,12 @@ def _print(result):
     print(f"goal: TFLite all-open overhead {g['tflite_all_open_overhead']:+.1%} (<= 5%: {'met' if g['tflite_all_open_overhead_ok'] else 'NOT met'}); "
           f"learned latency ratio {g['tflite_learned_ratio']:.3f} vs bound 1.05 x MAC ratio = {g['tflite_learned_bound']:.3f} "
           f"({'met' if g['tflite_learned_ok'] else 'NOT met'})")
+    o = result.get("oracle")
+    if o:
+        print(f"oracle (static subnetwork of each image's decisions; {o['patterns']} patterns, {o['images']} images): "
+              f"baseline {o['baseline_ms']:.3f} ms, oracle {o['oracle_ms']:.3f} ms (ratio {o['oracle_ratio']:.3f}, "
+              f"MAC ratio {o['mac_ratio']:.3f}), learned {o['learned_ms']:.3f} ms (ratio {o['learned_ratio']:.3f}; "
+              f"{o['learned_over_oracle']:.3f}x the oracle)")
     b = result.get("batched")
     if b:
         p = b["predicted"]
