@@ -18,16 +18,27 @@ block runs and is multiplied by its decision), which is where gated ResNets'
 missing speed-up comes from.
 
 Each image is timed once per round; an image's latency is its median over the
-rounds and a variant's latency is the mean over images. Reported with each:
+rounds and a variant's latency is the mean over images. Within a round a
+variant runs through all the images before the next variant starts (warm, as
+deployed); the variants' order changes every round; TFLite and the TF runtime
+are timed in separate passes. Reported with each:
 the predicted MAC and energy ratios (1 - savings, gates included, DESIGN 1.3)
 computed from the decisions the export returned, and the measured latency
 ratio to the baseline. Goals checked: TFLite all-open overhead <= 5%, and with
 the policy, latency ratio <= 1.05 x the MAC ratio.
 
+The "oracle" line times, for each image, a static network holding only the
+blocks its learned decisions open (no gates, no control flow; one TFLite
+model per decision pattern, for the `--oracle_patterns` most frequent ones,
+on the images that have them). It is what any implementation of the same
+skipping can at best reach in the same runtime, so "learned / oracle" is the
+price of deciding at run time, and "oracle / baseline" against the MAC ratio
+shows how far latency follows MACs on this machine.
+
 With `--batch_size=B` (default 16; 0 skips), the policy is also timed at batch
 size B with the two batched skipping methods ("gather": each block runs on the
 examples whose gate is open; "dense": a block runs on the whole batch if any
-example needs it) against the baseline.
+example needs it) against the baseline, all with resizable TFLite models.
 """
 
 import os
@@ -180,26 +191,36 @@ class _Oracle:
         return time.perf_counter() - start, np.asarray([self.pattern_of[index]], np.float32)
 
 
-def _time_batch1(variants, images, tf_count, rounds):
-    import numpy as np
+def _time_batch1(variants, images, tf_count, rounds, order):
+    """Times each variant on every image at batch size 1, warm, one runtime at a time.
 
-    for variant in variants:  # warm-up
-        for i in range(5):
-            variant.tflite(images[i:i + 1], i)
-            if tf_count and variant.signature is not None:
-                variant.tf(images[i:i + 1])
-    for _ in range(rounds):
-        for i in range(len(images)):
-            x = images[i:i + 1]
-            for variant in variants:
-                t, d = variant.tflite(x, i)
-                if t is None:
-                    continue
-                variant.times["tflite"].setdefault(i, []).append(t)
-                variant.decisions[i] = d[0]
-                if i < tf_count and variant.signature is not None:
-                    t, _ = variant.tf(x)
-                    variant.times["tf"].setdefault(i, []).append(t)
+    A variant runs through all the images (in `order`, the same for every
+    variant) before the next starts, as a deployed model runs with warm
+    caches; the order of the variants changes every round, so drift in the
+    machine's load hits them alike. The TF runtime is timed in a separate
+    pass, so its memory traffic does not evict TFLite's weights.
+    """
+    import random
+
+    shuffle = random.Random(0)
+    for runtime, count in (("tflite", len(images)), ("tf", tf_count)):
+        timed = [v for v in variants if runtime == "tflite" or v.signature is not None]
+        indices = [i for i in order if i < count]
+        if not indices or not timed:
+            continue
+        for _ in range(rounds):
+            shuffle.shuffle(timed)
+            for variant in timed:
+                run = variant.tflite if runtime == "tflite" else (lambda x, i, v=variant: v.tf(x))
+                for i in indices[:3]:  # warm-up
+                    run(images[i:i + 1], i)
+                for i in indices:
+                    t, d = run(images[i:i + 1], i)
+                    if t is None:
+                        continue
+                    variant.times[runtime].setdefault(i, []).append(t)
+                    if runtime == "tflite":
+                        variant.decisions[i] = d[0]
     result = {}
     for variant in variants:
         row = {}
@@ -312,7 +333,10 @@ def run():
     variants = [_Variant(name, *exports[name], with_tf=FLAGS.tf_examples > 0) for name in order]
     if oracle_patterns:
         variants.append(_Oracle(oracle_patterns, learned_decisions))
-    measured = _time_batch1(variants, bench_images, FLAGS.tf_examples, FLAGS.rounds)
+    # Images grouped by decision pattern, so that the oracle (one model per
+    # pattern) also runs each of its models on consecutive images.
+    order = sorted(range(len(bench_images)), key=lambda i: (tuple(learned_decisions[i]), i))
+    measured = _time_batch1(variants, bench_images, FLAGS.tf_examples, FLAGS.rounds, order)
     rows = []
     base = measured["baseline"]
     by_variant = {v.name: v for v in variants}
