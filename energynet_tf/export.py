@@ -141,8 +141,9 @@ def _run_gated_block(block, x, decision, method):
         # the block always runs and is multiplied by the decision.
         return block(x, decision=tf.cast(decision[:, 0], x.dtype), training=False)
     if method == "single":
-        # Batch size 1 only (the int8 model's static input): one IF per block.
-        return tf.cond(tf.reduce_all(decision), run_all, skip_all, name=f"{block.name}_skip")
+        # Batch size 1 only (a static input): one IF per block. A reshape to
+        # the scalar predicate, not a reduction: one op less per gate.
+        return tf.cond(tf.reshape(decision, ()), run_all, skip_all, name=f"{block.name}_skip")
     any_open = tf.reduce_any(decision)
     if method == "dense":
 
