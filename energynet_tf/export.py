@@ -224,6 +224,16 @@ def _gate_step(x, h, c, gate_constants, index):
     return h, c, tf.matmul(h, out_kernel) + out_bias
 
 
+def _stem_and_first_block(model, images):
+    """The layers before the first gate: stem (and its pool) and block 0."""
+    import tensorflow as tf
+
+    x = tf.nn.relu(model.stem_bn(model.stem_conv(images), training=False))
+    if model.stem_pool is not None:
+        x = model.stem_pool(x)
+    return model.res_blocks[0](x, training=False)
+
+
 def _network(model, images, method, gate_constants):
     """Stem, gated blocks and head on `images`.
 
@@ -233,10 +243,7 @@ def _network(model, images, method, gate_constants):
     """
     import tensorflow as tf
 
-    x = tf.nn.relu(model.stem_bn(model.stem_conv(images), training=False))
-    if model.stem_pool is not None:
-        x = model.stem_pool(x)
-    x = model.res_blocks[0](x, training=False)
+    x = _stem_and_first_block(model, images)
     if model.gate is None:
         for block in model.res_blocks[1:]:
             x = block(x, training=False)
@@ -311,7 +318,8 @@ def serving_function(model, batched=DEFAULT_BATCHED_METHOD, check_shape=True):
     return serve
 
 
-def _archive(model, batched, check_shape, batch_size=None):
+def _archive(model, serve, batch_size):
+    """An `ExportArchive` tracking `model` with `serve` as its serving endpoint."""
     import keras
     import tensorflow as tf
 
@@ -321,7 +329,7 @@ def _archive(model, batched, check_shape, batch_size=None):
     # `tf.cond` branches included.
     archive.track(model)
     spec = tf.TensorSpec((batch_size,) + tuple(model.image_shape), tf.float32, name=INPUT_NAME)
-    archive.add_endpoint(SERVING_KEY, serving_function(model, batched, check_shape), input_signature=[spec])
+    archive.add_endpoint(SERVING_KEY, serve, input_signature=[spec])
     return archive
 
 
@@ -351,7 +359,7 @@ def save_saved_model(model, path, batched=DEFAULT_BATCHED_METHOD, check_shape=Tr
     _check_model(model)
     if batched == "single" and batch_size != 1:
         raise ValueError("the 'single' method needs batch_size=1")
-    _archive(model, batched, check_shape, batch_size).write_out(os.fspath(path), verbose=False)
+    _archive(model, serving_function(model, batched, check_shape), batch_size).write_out(os.fspath(path), verbose=False)
     return os.fspath(path)
 
 
@@ -604,7 +612,6 @@ def convert_subnetwork_to_tflite(model, open_blocks):
     Raises:
         ValueError: if `open_blocks` does not have `num_gates` entries.
     """
-    import keras
     import tensorflow as tf
 
     _check_model(model)
@@ -613,20 +620,13 @@ def convert_subnetwork_to_tflite(model, open_blocks):
         raise ValueError(f"Argument `open_blocks` must have {model.num_gates} entries; received {len(pattern)}")
 
     def serve(images):
-        x = tf.nn.relu(model.stem_bn(model.stem_conv(images), training=False))
-        if model.stem_pool is not None:
-            x = model.stem_pool(x)
-        x = model.res_blocks[0](x, training=False)
+        x = _stem_and_first_block(model, images)
         for run, block in zip(pattern, model.res_blocks[1:]):
             x = block(x, training=False) if run else block.shortcut(x, training=False)
         return {"logits": model.classifier(model.head_pool(x))}
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    spec = tf.TensorSpec((1,) + tuple(model.image_shape), tf.float32, name=INPUT_NAME)
-    archive.add_endpoint(SERVING_KEY, serve, input_signature=[spec])
     with tempfile.TemporaryDirectory(prefix="energynet-subnetwork-") as tmp:
-        archive.write_out(tmp, verbose=False)
+        _archive(model, serve, batch_size=1).write_out(tmp, verbose=False)
         return tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SERVING_KEY]).convert()
 
 

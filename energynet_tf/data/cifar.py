@@ -235,17 +235,9 @@ def load_cifar10(
     test_images, test_labels = _read_split(builder, "test")
     num_test = int(test_labels.shape[0])
 
-    def train_epochs(first: int, end: int) -> tf.data.Dataset:
-        first, end = common.check_epoch_range(first, end)
-        return common.make_train_stream(
-            _example_fn(train_images, train_labels, 0, augment),
-            num_examples=num_train,
-            batch_size=batch_size,
-            seed=seed,
-            start_epoch=first,
-            end_epoch=end,
-            augment=augment,
-        )
+    train_epochs = common.train_epochs_fn(
+        _example_fn(train_images, train_labels, 0, augment), num_examples=num_train, batch_size=batch_size, seed=seed, augment=augment
+    )
 
     test = common.make_eval_dataset(
         _example_fn(test_images, test_labels, 0, False),

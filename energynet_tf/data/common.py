@@ -89,6 +89,12 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _check_int_at_least(name: str, value, minimum: int, kind: str) -> int:
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"{name} must be a {kind} integer (>= {minimum}), got {value!r}.")
+    return int(value)
+
+
 def check_positive_int(name: str, value) -> int:
     """Returns `value` as an int if it is an integer >= 1.
 
@@ -102,9 +108,7 @@ def check_positive_int(name: str, value) -> int:
     Raises:
       ValueError: if `value` is not an integer >= 1.
     """
-    if not _is_int(value) or value < 1:
-        raise ValueError(f"{name} must be a positive integer (>= 1), got {value!r}.")
-    return int(value)
+    return _check_int_at_least(name, value, 1, "positive")
 
 
 def check_non_negative_int(name: str, value) -> int:
@@ -120,9 +124,7 @@ def check_non_negative_int(name: str, value) -> int:
     Raises:
       ValueError: if `value` is not an integer >= 0.
     """
-    if not _is_int(value) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer (>= 0), got {value!r}.")
-    return int(value)
+    return _check_int_at_least(name, value, 0, "non-negative")
 
 
 def check_seed(seed) -> int:
@@ -261,6 +263,32 @@ def epoch_permutation(seed: int, epoch, num_examples: int) -> tf.Tensor:
     return tf.random.experimental.stateless_shuffle(
         tf.range(num_examples, dtype=tf.int64), seed=shuffle_key
     )
+
+
+def train_epochs_fn(
+    example_fn: ExampleFn, *, num_examples: int, batch_size: int, seed: int, augment: bool
+) -> Callable[[int, int], tf.data.Dataset]:
+    """Returns `train_epochs(start_epoch, end_epoch)` for a loader's `train_epochs` field.
+
+    Args: as for `make_train_stream`.
+
+    Returns:
+      A function that checks its epoch range and builds those epochs' stream.
+    """
+
+    def train_epochs(first: int, end: int) -> tf.data.Dataset:
+        first, end = check_epoch_range(first, end)
+        return make_train_stream(
+            example_fn,
+            num_examples=num_examples,
+            batch_size=batch_size,
+            seed=seed,
+            start_epoch=first,
+            end_epoch=end,
+            augment=augment,
+        )
+
+    return train_epochs
 
 
 def make_train_stream(

@@ -351,17 +351,9 @@ def load_tiny_imagenet(
     train_labels = tf.constant([label for _, label in train], tf.int32)
     val_labels = tf.constant([label for _, label in val], tf.int32)
 
-    def train_epochs(first: int, end: int) -> tf.data.Dataset:
-        first, end = common.check_epoch_range(first, end)
-        return common.make_train_stream(
-            _example_fn(train_encoded, train_is_path, train_labels, image_size, augment),
-            num_examples=num_train,
-            batch_size=batch_size,
-            seed=seed,
-            start_epoch=first,
-            end_epoch=end,
-            augment=augment,
-        )
+    train_epochs = common.train_epochs_fn(
+        _example_fn(train_encoded, train_is_path, train_labels, image_size, augment), num_examples=num_train, batch_size=batch_size, seed=seed, augment=augment
+    )
 
     validation = common.make_eval_dataset(
         _example_fn(val_encoded, val_is_path, val_labels, image_size, False),
