@@ -630,6 +630,72 @@ def convert_subnetwork_to_tflite(model, open_blocks):
         return tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SERVING_KEY]).convert()
 
 
+OVERHEAD_PROBES = ("gates", "branches")
+
+
+def convert_overhead_probe_to_tflite(model, probe):
+    """Converts one half of the skipping machinery, alone, to a batch-1 TFLite model.
+
+    The all-open export costs more than the plain network for two reasons:
+    the gates run, and every gated block sits in an `IF` branch. A probe keeps
+    one of the two, so that a benchmark can measure each against the plain
+    network side by side (`tools.bench_latency`):
+
+    * "gates": every block runs in the main graph (no control flow) and the
+      gates are computed as in the export; their logits are an output, so the
+      converter keeps them.
+    * "branches": every gated block is an `IF` as in the export, but there
+      are no gates: the predicate is `images[0, 0, 0, 0] >= -inf`, true for
+      any image without a NaN, which the converter cannot fold away.
+
+    For an image without a NaN, both give the all-open network's logits.
+
+    Args:
+        model: a gated `EnergyNet`.
+        probe: one of `OVERHEAD_PROBES`.
+
+    Returns:
+        The TFLite model as bytes; its signature `serving_default` maps
+        `images` to `logits` (and, for "gates", `gate_logits`).
+
+    Raises:
+        ValueError: if `probe` is not one of `OVERHEAD_PROBES`, or the model
+            has no gates.
+    """
+    import tensorflow as tf
+
+    if probe not in OVERHEAD_PROBES:
+        raise ValueError(f"Argument `probe` must be one of {OVERHEAD_PROBES}; received: {probe!r}")
+    _check_model(model)
+    if model.gate is None:
+        raise ValueError("Argument `model` must be a gated EnergyNet; received a baseline")
+    _check_lstm_cell(model.gate.cell)
+    gate_constants = _fused_gate_constants(model)
+    blocks = model.res_blocks[1:]
+
+    def serve(images):
+        x = _stem_and_first_block(model, images)
+        outputs = {}
+        if probe == "gates":
+            h = c = None
+            gate_logits = []
+            for i, block in enumerate(blocks):
+                h, c, logit = _gate_step(x, h, c, gate_constants, i)
+                gate_logits.append(logit)
+                x = block(x, training=False)
+            outputs["gate_logits"] = tf.concat(gate_logits, axis=1)
+        else:
+            always = tf.reshape(tf.greater_equal(images[:, 0, 0, 0], -np.inf), ())
+            for block in blocks:
+                x = _run_gated_block(block, x, always, "single")
+        outputs["logits"] = model.classifier(model.head_pool(x))
+        return outputs
+
+    with tempfile.TemporaryDirectory(prefix="energynet-probe-") as tmp:
+        _archive(model, serve, batch_size=1).write_out(tmp, verbose=False)
+        return tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SERVING_KEY]).convert()
+
+
 def tflite_op_counts(model_content):
     """Counts the operators of each subgraph of a TFLite model.
 

@@ -182,6 +182,37 @@ def test_subnetwork_of_an_images_decisions_gives_its_logits(tmp_path):
         export.convert_subnetwork_to_tflite(model, [1, 0])
 
 
+def test_overhead_probes_give_the_all_open_logits_with_gates_or_branches_only():
+    from ai_edge_litert.interpreter import Interpreter
+
+    images = _random_images(2, seed=7)
+    model = _model("open", images, depth=14)
+    want = _keras(model, images)
+    assert want["decisions"].all()
+    gate_ops = {"LOGISTIC", "TANH", "SPLIT"}
+    for probe in export.OVERHEAD_PROBES:
+        content = export.convert_overhead_probe_to_tflite(model, probe)
+        main = export.tflite_op_counts(content)[0][1]
+        if probe == "gates":
+            assert "IF" not in main and gate_ops <= set(main)
+            assert main["CONV_2D"] == _fixed_convs(model) + sum(len(b.convs) + int(b.projection) for b in model.res_blocks[1:])
+        else:
+            assert main["IF"] == model.num_gates and not gate_ops & set(main)
+            assert main["CONV_2D"] == _fixed_convs(model)
+        runner = Interpreter(model_content=content).get_signature_runner(export.SERVING_KEY)
+        for i in range(len(images)):
+            out = runner(images=images[i:i + 1])
+            np.testing.assert_allclose(out["logits"], want["logits"][i:i + 1], atol=ATOL)
+            if probe == "gates":
+                np.testing.assert_allclose(
+                    tf.sigmoid(out["gate_logits"]).numpy(), want["probabilities"][i:i + 1], atol=1e-5
+                )
+    with pytest.raises(ValueError, match="`probe` must be one of"):
+        export.convert_overhead_probe_to_tflite(model, "both")
+    with pytest.raises(ValueError, match="must be a gated EnergyNet"):
+        export.convert_overhead_probe_to_tflite(_model("baseline", images), "gates")
+
+
 # -- the skipping is real ------------------------------------------------------
 
 
