@@ -17,11 +17,18 @@ otherwise. A "masked" row runs the same policy the way training does (every
 block runs and is multiplied by its decision), which is where gated ResNets'
 missing speed-up comes from.
 
-Each image is timed once per round; an image's latency is its median over the
-rounds and a variant's latency is the mean over images. Within a round a
-variant runs through all the images before the next variant starts (warm, as
-deployed); the variants' order changes every round; TFLite and the TF runtime
-are timed in separate passes. Reported with each:
+The images are timed in chunks of `--chunk` consecutive images: within a
+chunk the variants run one after another in an order shuffled per chunk, each
+warm (two untimed images, then the chunk, as a deployed model runs), and every
+round goes through all the chunks; TFLite and the TF runtime are timed in
+separate passes. A variant's latency is the mean over images of each image's
+median over the rounds. Its ratio to the baseline is paired: per (round,
+chunk) cell, the variant's time on the chunk's images divided by the
+baseline's on the same images, timed seconds apart, so drift in a shared
+machine's load cancels out; per chunk the median over the rounds, the chunks
+weighted by the baseline's time (`paired_ratio`). The range printed with a
+ratio is that of the same estimate from each round alone.
+Reported with each:
 the predicted MAC and energy ratios (1 - savings, gates included, DESIGN 1.3)
 computed from the decisions the export returned, and the measured latency
 ratio to the baseline. Goals checked: TFLite all-open overhead <= 5%, and with
@@ -34,6 +41,10 @@ on the images that have them). It is what any implementation of the same
 skipping can at best reach in the same runtime, so "learned / oracle" is the
 price of deciding at run time, and "oracle / baseline" against the MAC ratio
 shows how far latency follows MACs on this machine.
+
+The "breakdown" lines split the all-open overhead: "gates only" runs every
+block with the gates computed but no `IF`, "branches only" runs every block
+in an `IF` with no gates (`export.convert_overhead_probe_to_tflite`).
 
 With `--batch_size=B` (default 16; 0 skips), the policy is also timed at batch
 size B with the two batched skipping methods ("gather": each block runs on the
@@ -57,11 +68,13 @@ flags.DEFINE_string("model_dir", None, "A trained run (directory with model.kera
 flags.DEFINE_integer("depth", 38, "Depth of the networks without --model_dir.")
 flags.DEFINE_float("open_fraction", 0.5, "Without --model_dir: fraction of images for which each synthetic gate opens.")
 flags.DEFINE_integer("examples", 200, "CIFAR-10 test images timed at batch size 1.")
-flags.DEFINE_integer("rounds", 3, "Times each image is timed per variant (interleaved rounds).")
+flags.DEFINE_integer("rounds", 5, "Times each image is timed per variant (interleaved rounds).")
+flags.DEFINE_integer("chunk", 20, "Images a variant runs in a row before the next variant takes the same images.")
 flags.DEFINE_integer("tf_examples", 100, "Images timed in the TensorFlow runtime (slower); 0 skips it.")
 flags.DEFINE_integer("batch_size", 16, "Also time the policy at this batch size (gather vs dense vs baseline); 0 skips.")
 flags.DEFINE_integer("batch_repeats", 10, "Batches of --batch_size timed per variant and round.")
 flags.DEFINE_integer("oracle_patterns", 12, "Oracle: static subnetworks built for the learned policy's this many most frequent decision patterns (0 skips the oracle).")
+flags.DEFINE_bool("breakdown", True, "Also time the all-open overhead's two parts: gates without IF, IF branches without gates.")
 flags.DEFINE_string("out", None, "Write the results as JSON to this file.")
 flags.DEFINE_integer("seed", 0, "Seed of the random networks.")
 
@@ -70,7 +83,7 @@ FLAGS = flags.FLAGS
 
 
 def _check_flags():
-    for name in ("examples", "rounds"):
+    for name in ("examples", "rounds", "chunk"):
         if getattr(FLAGS, name) < 1:
             raise UsageError(f"--{name}={getattr(FLAGS, name)} must be >= 1")
     for name in ("tf_examples", "batch_size", "batch_repeats", "oracle_patterns"):
@@ -134,6 +147,7 @@ class _Variant:
             self._loaded = tf.saved_model.load(saved)
             self.signature = self._loaded.signatures[export.SERVING_KEY]
         self.times = {"tflite": {}, "tf": {}}
+        self.cells = {"tflite": {}, "tf": {}}
         self.decisions = {}
 
     def tflite(self, images, index=None):
@@ -176,6 +190,7 @@ class _Oracle:
             self.runners[pattern] = (interpreter, interpreter.get_input_details()[0]["index"])
         self.pattern_of = {i: tuple(int(v) for v in d) for i, d in enumerate(decisions)}
         self.times = {"tflite": {}, "tf": {}}
+        self.cells = {"tflite": {}, "tf": {}}
         self.decisions = {}
 
     def covers(self, index):
@@ -191,14 +206,38 @@ class _Oracle:
         return time.perf_counter() - start, np.asarray([self.pattern_of[index]], np.float32)
 
 
-def _time_batch1(variants, images, tf_count, rounds, order):
-    """Times each variant on every image at batch size 1, warm, one runtime at a time.
+class _Probe:
+    """A batch-1 TFLite model with one input and no decisions output (TFLite only)."""
 
-    A variant runs through all the images (in `order`, the same for every
-    variant) before the next starts, as a deployed model runs with warm
-    caches; the order of the variants changes every round, so drift in the
-    machine's load hits them alike. The TF runtime is timed in a separate
-    pass, so its memory traffic does not evict TFLite's weights.
+    def __init__(self, name, content):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.name = name
+        self.signature = None
+        self.interpreter = Interpreter(model_content=content, num_threads=1)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]["index"]
+        self.times = {"tflite": {}, "tf": {}}
+        self.cells = {"tflite": {}, "tf": {}}
+        self.decisions = {}
+
+    def tflite(self, images, index=None):
+        self.interpreter.set_tensor(self.input, images)
+        start = time.perf_counter()
+        self.interpreter.invoke()
+        return time.perf_counter() - start, None
+
+
+def _time_batch1(variants, images, tf_count, rounds, order, chunk):
+    """Times each variant on every image at batch size 1, in chunks, one runtime at a time.
+
+    Per round and chunk of `chunk` consecutive images of `order`, the
+    variants, in an order shuffled per chunk, each run two untimed images and
+    then the chunk (warm, as a deployed model runs). Each variant keeps its
+    times per image (`times`) and per cell (`cells`: {(round, chunk):
+    {image: seconds}}), the same cells for every variant. The TF runtime is
+    timed in a separate pass, so its memory traffic does not evict TFLite's
+    weights.
     """
     import random
 
@@ -208,19 +247,24 @@ def _time_batch1(variants, images, tf_count, rounds, order):
         indices = [i for i in order if i < count]
         if not indices or not timed:
             continue
-        for _ in range(rounds):
-            shuffle.shuffle(timed)
-            for variant in timed:
-                run = variant.tflite if runtime == "tflite" else (lambda x, i, v=variant: v.tf(x))
-                for i in indices[:3]:  # warm-up
-                    run(images[i:i + 1], i)
-                for i in indices:
-                    t, d = run(images[i:i + 1], i)
-                    if t is None:
-                        continue
-                    variant.times[runtime].setdefault(i, []).append(t)
-                    if runtime == "tflite":
-                        variant.decisions[i] = d[0]
+        chunks = [indices[k:k + chunk] for k in range(0, len(indices), chunk)]
+        for round_ in range(rounds):
+            for chunk_index, part in enumerate(chunks):
+                shuffle.shuffle(timed)
+                for variant in timed:
+                    run = variant.tflite if runtime == "tflite" else (lambda x, i, v=variant: v.tf(x))
+                    for i in (part * 2)[:2]:  # warm-up
+                        run(images[i:i + 1], i)
+                    cell = {}
+                    for i in part:
+                        t, d = run(images[i:i + 1], i)
+                        if t is None:
+                            continue
+                        cell[i] = t
+                        variant.times[runtime].setdefault(i, []).append(t)
+                        if runtime == "tflite" and d is not None:
+                            variant.decisions[i] = d[0]
+                    variant.cells[runtime][(round_, chunk_index)] = cell
     result = {}
     for variant in variants:
         row = {}
@@ -229,6 +273,45 @@ def _time_batch1(variants, images, tf_count, rounds, order):
                 row[runtime + "_ms"] = 1e3 * float(np.mean([np.median(v) for v in per_image.values()]))
         result[variant.name] = row
     return result
+
+
+def paired_ratio(cells, base_cells):
+    """A variant's latency over a baseline's, paired per (round, chunk) cell.
+
+    In each cell both timed the same images seconds apart, so their ratio is
+    free of drift in the machine's load. A chunk's ratio is its median over
+    the rounds (robust to a stall in one of them), and the chunks combine
+    weighted by the baseline's time on them: for a variant whose cost differs
+    between chunks (a learned policy), this is the ratio of mean latencies.
+
+    Args:
+        cells: the variant's cells, {(round, chunk): {image index: seconds}}.
+        base_cells: the baseline's cells, timed alongside.
+
+    Returns:
+        `(ratio, (lowest, highest), rounds)`: the ratio, the range of the same
+        estimate computed from each round alone, and the number of rounds;
+        None if no cell has an image timed by both.
+    """
+    ratio, weight = {}, {}
+    for key, cell in cells.items():
+        base = base_cells.get(key, {})
+        common = [i for i in cell if i in base]
+        if common:
+            weight[key] = sum(base[i] for i in common)
+            ratio[key] = sum(cell[i] for i in common) / weight[key]
+    if not ratio:
+        return None
+    chunks = sorted({c for _, c in ratio})
+    rounds = sorted({r for r, _ in ratio})
+    w = {c: float(np.median([weight[k] for k in ratio if k[1] == c])) for c in chunks}
+
+    def combine(values):  # {chunk: ratio}, weighted by the baseline's time
+        return sum(w[c] * v for c, v in values.items()) / sum(w[c] for c in values)
+
+    overall = combine({c: float(np.median([ratio[k] for k in ratio if k[1] == c])) for c in chunks})
+    per_round = [combine({c: ratio[(r, c)] for c in chunks if (r, c) in ratio}) for r in rounds]
+    return overall, (min(per_round), max(per_round)), len(rounds)
 
 
 def _mean_over(variant, indices):
@@ -327,21 +410,24 @@ def run():
     for name, pattern in (("all_open", [1] * gates), ("half_closed", [i % 2 == 0 for i in range(gates)]), ("all_closed", [0] * gates)):
         export.force_gate_decisions(model, pattern)  # the trained policy is exported already
         exports[name] = _convert(model, name, workdir)
+    probes = {}
+    if FLAGS.breakdown:  # every block runs in both, whatever the gates' weights
+        probes = {f"{probe}_only": export.convert_overhead_probe_to_tflite(model, probe) for probe in export.OVERHEAD_PROBES}
     print(f"converted in {time.time() - started:.0f}s; timing {FLAGS.examples} images x {FLAGS.rounds} rounds ...", flush=True)
 
     order = ["baseline", "all_open", "half_closed", "all_closed", "learned", "learned_other", "masked"]
     variants = [_Variant(name, *exports[name], with_tf=FLAGS.tf_examples > 0) for name in order]
     if oracle_patterns:
         variants.append(_Oracle(oracle_patterns, learned_decisions))
+    variants += [_Probe(name, content) for name, content in probes.items()]
     # Images grouped by decision pattern, so that the oracle (one model per
     # pattern) also runs each of its models on consecutive images.
     order = sorted(range(len(bench_images)), key=lambda i: (tuple(learned_decisions[i]), i))
-    measured = _time_batch1(variants, bench_images, FLAGS.tf_examples, FLAGS.rounds, order)
+    measured = _time_batch1(variants, bench_images, FLAGS.tf_examples, FLAGS.rounds, order, FLAGS.chunk)
     rows = []
-    base = measured["baseline"]
     by_variant = {v.name: v for v in variants}
     for variant in variants:
-        if variant.name == "oracle":
+        if variant.name == "oracle" or variant.name in probes:
             continue
         if variant.name == "baseline":
             predicted = {"mac_ratio": 1.0, "energy_ratio": 1.0, "open_fraction": 1.0}
@@ -353,30 +439,48 @@ def run():
             predicted = dict(predicted, note="learned with the other batched method: SavedModel and TFLite 'dense'")
         row = {"variant": variant.name, **predicted, **measured[variant.name]}
         for runtime in ("tflite", "tf"):
-            key = runtime + "_ms"
-            if key in row:
-                row[runtime + "_ratio"] = row[key] / base[key]
+            ratio = paired_ratio(variant.cells[runtime], by_variant["baseline"].cells[runtime]) if variant.cells[runtime] else None
+            if ratio:
+                row[runtime + "_ratio"], row[runtime + "_ratio_range"], row[runtime + "_rounds"] = ratio
         rows.append(row)
     by_name = {r["variant"]: r for r in rows}
     oracle = None
     if oracle_patterns:
         covered = [i for i in range(len(bench_images)) if by_variant["oracle"].covers(i)]
         on = {name: _mean_over(by_variant[name], covered) for name in ("baseline", "learned", "oracle")}
+        keep = set(covered)
+        cells = {
+            name: {key: {i: t for i, t in c.items() if i in keep} for key, c in by_variant[name].cells["tflite"].items()}
+            for name in ("baseline", "learned", "oracle")
+        }
+        paired = {
+            "oracle_ratio": paired_ratio(cells["oracle"], cells["baseline"]),
+            "learned_ratio": paired_ratio(cells["learned"], cells["baseline"]),
+            "learned_over_oracle": paired_ratio(cells["learned"], cells["oracle"]),
+        }
         oracle = {
             "patterns": len(oracle_patterns),
             "images": len(covered),
             "mac_ratio": _predicted(table, learned_decisions[covered])["mac_ratio"],
             **{f"{name}_ms": value for name, value in on.items()},
-            "oracle_ratio": on["oracle"] / on["baseline"],
-            "learned_ratio": on["learned"] / on["baseline"],
-            "learned_over_oracle": on["learned"] / on["oracle"],
+            **{key: value[0] for key, value in paired.items()},
+            **{key + "_range": value[1] for key, value in paired.items()},
         }
+    breakdown = None
+    if probes:
+        breakdown = {}
+        for name in list(probes) + ["all_open"]:
+            ratio, spread, _ = paired_ratio(by_variant[name].cells["tflite"], by_variant["baseline"].cells["tflite"])
+            breakdown[name] = {"tflite_ms": measured[name]["tflite_ms"], "tflite_ratio": ratio, "tflite_ratio_range": spread}
+    all_open, learned = by_name["all_open"], by_name["learned"]
     goals = {
-        "tflite_all_open_overhead": by_name["all_open"]["tflite_ratio"] - 1.0,
-        "tflite_all_open_overhead_ok": by_name["all_open"]["tflite_ratio"] - 1.0 <= 0.05,
-        "tflite_learned_ratio": by_name["learned"]["tflite_ratio"],
-        "tflite_learned_bound": 1.05 * by_name["learned"]["mac_ratio"],
-        "tflite_learned_ok": by_name["learned"]["tflite_ratio"] <= 1.05 * by_name["learned"]["mac_ratio"],
+        "tflite_all_open_overhead": all_open["tflite_ratio"] - 1.0,
+        "tflite_all_open_overhead_range": [r - 1.0 for r in all_open["tflite_ratio_range"]],
+        "tflite_all_open_overhead_ok": all_open["tflite_ratio"] - 1.0 <= 0.05,
+        "tflite_learned_ratio": learned["tflite_ratio"],
+        "tflite_learned_ratio_range": list(learned["tflite_ratio_range"]),
+        "tflite_learned_bound": 1.05 * learned["mac_ratio"],
+        "tflite_learned_ok": learned["tflite_ratio"] <= 1.05 * learned["mac_ratio"],
     }
     batched = None
     if FLAGS.batch_size:
@@ -414,7 +518,9 @@ def run():
         "rounds": FLAGS.rounds,
         "threads": {"tflite": 1, "tf_intra_op": 1, "tf_inter_op": 1},
         "rows": rows,
+        "chunk": FLAGS.chunk,
         "oracle": oracle,
+        "breakdown": breakdown,
         "goals": goals,
         "batched": {"batch_size": FLAGS.batch_size, **batched} if batched else None,
         "seconds": round(time.time() - started, 1),
@@ -434,24 +540,36 @@ def _fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
 
+def _ratio(value, spread):
+    return "-" if value is None else f"{value:.3f} ({spread[0]:.3f}-{spread[1]:.3f})"
+
+
 def _print(result):
     print(f"\n{result['command']}\npolicy: {result['policy']}; batch 1, {result['examples']} CIFAR-10 test images "
-          f"(TF runtime: first {result['tf_examples']}), {result['rounds']} rounds, 1 thread")
+          f"(TF runtime: first {result['tf_examples']}), {result['rounds']} rounds in chunks of {result['chunk']}, 1 thread; "
+          "ratios paired per chunk (range over the rounds)")
     print("| variant | open blocks | predicted MAC ratio | predicted energy ratio | TFLite ms | TFLite ratio | TF ms | TF ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for r in result["rows"]:
         print(f"| {r['variant']} | {r['open_fraction']:.0%} | {r['mac_ratio']:.3f} | {r['energy_ratio']:.3f} | "
-              f"{_fmt(r.get('tflite_ms'), '.3f')} | {_fmt(r.get('tflite_ratio'), '.3f')} | {_fmt(r.get('tf_ms'), '.2f')} | {_fmt(r.get('tf_ratio'), '.3f')} |")
+              f"{_fmt(r.get('tflite_ms'), '.3f')} | {_ratio(r.get('tflite_ratio'), r.get('tflite_ratio_range'))} | "
+              f"{_fmt(r.get('tf_ms'), '.2f')} | {_ratio(r.get('tf_ratio'), r.get('tf_ratio_range'))} |")
     g = result["goals"]
-    print(f"goal: TFLite all-open overhead {g['tflite_all_open_overhead']:+.1%} (<= 5%: {'met' if g['tflite_all_open_overhead_ok'] else 'NOT met'}); "
-          f"learned latency ratio {g['tflite_learned_ratio']:.3f} vs bound 1.05 x MAC ratio = {g['tflite_learned_bound']:.3f} "
-          f"({'met' if g['tflite_learned_ok'] else 'NOT met'})")
+    spread = g["tflite_all_open_overhead_range"]
+    print(f"goal: TFLite all-open overhead {g['tflite_all_open_overhead']:+.1%} (rounds {spread[0]:+.1%} to {spread[1]:+.1%}; "
+          f"<= 5%: {'met' if g['tflite_all_open_overhead_ok'] else 'NOT met'}); "
+          f"learned latency ratio {_ratio(g['tflite_learned_ratio'], g['tflite_learned_ratio_range'])} vs bound 1.05 x MAC ratio = "
+          f"{g['tflite_learned_bound']:.3f} ({'met' if g['tflite_learned_ok'] else 'NOT met'})")
+    d = result.get("breakdown")
+    if d:
+        print("all-open overhead breakdown (TFLite ratio to the baseline): " + ", ".join(
+            f"{name.replace('_', ' ')} {_ratio(v['tflite_ratio'], v['tflite_ratio_range'])}" for name, v in d.items()))
     o = result.get("oracle")
     if o:
         print(f"oracle (static subnetwork of each image's decisions; {o['patterns']} patterns, {o['images']} images): "
-              f"baseline {o['baseline_ms']:.3f} ms, oracle {o['oracle_ms']:.3f} ms (ratio {o['oracle_ratio']:.3f}, "
-              f"MAC ratio {o['mac_ratio']:.3f}), learned {o['learned_ms']:.3f} ms (ratio {o['learned_ratio']:.3f}; "
-              f"{o['learned_over_oracle']:.3f}x the oracle)")
+              f"baseline {o['baseline_ms']:.3f} ms, oracle {o['oracle_ms']:.3f} ms (ratio {_ratio(o['oracle_ratio'], o['oracle_ratio_range'])}, "
+              f"MAC ratio {o['mac_ratio']:.3f}), learned {o['learned_ms']:.3f} ms (ratio {_ratio(o['learned_ratio'], o['learned_ratio_range'])}; "
+              f"{_ratio(o['learned_over_oracle'], o['learned_over_oracle_range'])}x the oracle)")
     b = result.get("batched")
     if b:
         p = b["predicted"]
