@@ -27,8 +27,7 @@ chunk) cell, the variant's time on the chunk's images divided by the
 baseline's on the same images, timed seconds apart, so drift in a shared
 machine's load cancels out; per chunk the median over the rounds, the chunks
 weighted by the baseline's time (`paired_ratio`). The range printed with a
-ratio is that of the same estimate from each round alone.
-Reported with each:
+ratio is that of the same estimate from each round alone. Reported with each:
 the predicted MAC and energy ratios (1 - savings, gates included, DESIGN 1.3)
 computed from the decisions the export returned, and the measured latency
 ratio to the baseline. Goals checked: TFLite all-open overhead <= 5%, and with
@@ -42,7 +41,7 @@ skipping can at best reach in the same runtime, so "learned / oracle" is the
 price of deciding at run time, and "oracle / baseline" against the MAC ratio
 shows how far latency follows MACs on this machine.
 
-The "breakdown" lines split the all-open overhead: "gates only" runs every
+The "breakdown" line splits the all-open overhead: "gates only" runs every
 block with the gates computed but no `IF`, "branches only" runs every block
 in an `IF` with no gates (`export.convert_overhead_probe_to_tflite`).
 
