@@ -591,6 +591,15 @@ def convert_to_tflite(model, batched=DEFAULT_TFLITE_BATCHED_METHOD):
         return converter.convert()
 
 
+def _convert_batch1(model, serve):
+    """Converts `serve` (images -> dict of tensors) at batch size 1 to TFLite bytes."""
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory(prefix="energynet-tflite-") as tmp:
+        _archive(model, serve, batch_size=1).write_out(tmp, verbose=False)
+        return tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SERVING_KEY]).convert()
+
+
 def convert_subnetwork_to_tflite(model, open_blocks):
     """Converts the network with only the blocks in `open_blocks` to a batch-1 TFLite model.
 
@@ -612,8 +621,6 @@ def convert_subnetwork_to_tflite(model, open_blocks):
     Raises:
         ValueError: if `open_blocks` does not have `num_gates` entries.
     """
-    import tensorflow as tf
-
     _check_model(model)
     pattern = [bool(d) for d in np.asarray(open_blocks).reshape(-1)]
     if len(pattern) != model.num_gates:
@@ -625,9 +632,7 @@ def convert_subnetwork_to_tflite(model, open_blocks):
             x = block(x, training=False) if run else block.shortcut(x, training=False)
         return {"logits": model.classifier(model.head_pool(x))}
 
-    with tempfile.TemporaryDirectory(prefix="energynet-subnetwork-") as tmp:
-        _archive(model, serve, batch_size=1).write_out(tmp, verbose=False)
-        return tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SERVING_KEY]).convert()
+    return _convert_batch1(model, serve)
 
 
 OVERHEAD_PROBES = ("gates", "branches")
@@ -691,9 +696,7 @@ def convert_overhead_probe_to_tflite(model, probe):
         outputs["logits"] = model.classifier(model.head_pool(x))
         return outputs
 
-    with tempfile.TemporaryDirectory(prefix="energynet-probe-") as tmp:
-        _archive(model, serve, batch_size=1).write_out(tmp, verbose=False)
-        return tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SERVING_KEY]).convert()
+    return _convert_batch1(model, serve)
 
 
 def tflite_op_counts(model_content):
