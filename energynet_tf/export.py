@@ -180,8 +180,13 @@ def _fused_gate_constants(model):
     `z = x @ W + h @ U + b`, `[i, f, g, o] = split(z)`; its projection folds
     into the cell: `z = [pool, h] @ [[P_i W], [U]] + (b_i W + b)`, one matmul.
     At the first gate `h = c = 0`, so `z = pool @ P_0 W + (b_0 W + b)`.
+
+    Raises:
+        ExportError: if the cell is not the tanh/sigmoid LSTM cell with a bias
+            that this rearrangement assumes.
     """
     gate = model.gate
+    _check_lstm_cell(gate.cell)
     kernel, recurrent, bias = (np.asarray(w, np.float64) for w in gate.cell.get_weights())
     constants = []
     for i, projection in enumerate(gate.projections):
@@ -289,7 +294,6 @@ def serving_function(model, batched=DEFAULT_BATCHED_METHOD, check_shape=True):
     num_gates = model.num_gates
     gate_constants = None
     if model.gate is not None:
-        _check_lstm_cell(model.gate.cell)
         gate_constants = _fused_gate_constants(model)
 
     def serve(images):
@@ -674,7 +678,6 @@ def convert_overhead_probe_to_tflite(model, probe):
     _check_model(model)
     if model.gate is None:
         raise ValueError("Argument `model` must be a gated EnergyNet; received a baseline")
-    _check_lstm_cell(model.gate.cell)
     gate_constants = _fused_gate_constants(model)
     blocks = model.res_blocks[1:]
 

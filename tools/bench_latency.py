@@ -132,32 +132,57 @@ def _convert(model, name, workdir, saved_batched="gather", tflite_batched="singl
     return saved, tflite
 
 
-class _Variant:
+class _Timed:
+    """One timed variant: what the timing loops record for it."""
+
+    signature = None  # a SavedModel signature, for the TF-runtime pass
+
+    def __init__(self, name):
+        self.name = name
+        self.times = {"tflite": {}, "tf": {}}
+        self.cells = {"tflite": {}, "tf": {}}
+        self.decisions = {}
+
+
+def _invoke_timed(interpreter, input_index, images):
+    """Sets the input, runs the interpreter and returns the seconds `invoke` took."""
+    interpreter.set_tensor(input_index, images)
+    start = time.perf_counter()
+    interpreter.invoke()
+    return time.perf_counter() - start
+
+
+def _interpreter(model):
+    """`(interpreter, input index)` of a one-input TFLite model (path or bytes), 1 thread."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    source = {"model_content": model} if isinstance(model, bytes) else {"model_path": model}
+    interpreter = Interpreter(num_threads=1, **source)
+    interpreter.allocate_tensors()
+    return interpreter, interpreter.get_input_details()[0]["index"]
+
+
+class _Variant(_Timed):
+    """An export: its TFLite model and, with `with_tf`, its SavedModel signature."""
+
     def __init__(self, name, saved, tflite, with_tf):
         import tensorflow as tf
 
         from energynet_tf import export
 
-        self.name = name
+        super().__init__(name)
         self.interpreter, self.input, self.outputs = export.tflite_interpreter(tflite, num_threads=1)
         self.batch = 1
-        self.signature = None
         if with_tf:
             self._loaded = tf.saved_model.load(saved)
             self.signature = self._loaded.signatures[export.SERVING_KEY]
-        self.times = {"tflite": {}, "tf": {}}
-        self.cells = {"tflite": {}, "tf": {}}
-        self.decisions = {}
 
     def tflite(self, images, index=None):
         if images.shape[0] != self.batch:
             self.interpreter.resize_tensor_input(self.input, list(images.shape), strict=True)
             self.interpreter.allocate_tensors()
             self.batch = images.shape[0]
-        self.interpreter.set_tensor(self.input, images)
-        start = time.perf_counter()
-        self.interpreter.invoke()
-        elapsed = time.perf_counter() - start
+        elapsed = _invoke_timed(self.interpreter, self.input, images)
         return elapsed, self.interpreter.get_tensor(self.outputs["decisions"])
 
     def tf(self, images):
@@ -170,7 +195,7 @@ class _Variant:
         return time.perf_counter() - start, decisions
 
 
-class _Oracle:
+class _Oracle(_Timed):
     """Per image, the static subnetwork of its learned decisions (TFLite only).
 
     `patterns` maps a decision tuple to its subnetwork's .tflite path; images
@@ -178,19 +203,9 @@ class _Oracle:
     """
 
     def __init__(self, patterns, decisions):
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.name = "oracle"
-        self.signature = None
-        self.runners = {}
-        for pattern, path in patterns.items():
-            interpreter = Interpreter(model_path=path, num_threads=1)
-            interpreter.allocate_tensors()
-            self.runners[pattern] = (interpreter, interpreter.get_input_details()[0]["index"])
+        super().__init__("oracle")
+        self.runners = {pattern: _interpreter(path) for pattern, path in patterns.items()}
         self.pattern_of = {i: tuple(int(v) for v in d) for i, d in enumerate(decisions)}
-        self.times = {"tflite": {}, "tf": {}}
-        self.cells = {"tflite": {}, "tf": {}}
-        self.decisions = {}
 
     def covers(self, index):
         return self.pattern_of.get(index) in self.runners
@@ -198,33 +213,19 @@ class _Oracle:
     def tflite(self, images, index=None):
         if not self.covers(index):
             return None, None
-        interpreter, input_index = self.runners[self.pattern_of[index]]
-        interpreter.set_tensor(input_index, images)
-        start = time.perf_counter()
-        interpreter.invoke()
-        return time.perf_counter() - start, np.asarray([self.pattern_of[index]], np.float32)
+        pattern = self.pattern_of[index]
+        return _invoke_timed(*self.runners[pattern], images), np.asarray([pattern], np.float32)
 
 
-class _Probe:
+class _Probe(_Timed):
     """A batch-1 TFLite model with one input and no decisions output (TFLite only)."""
 
     def __init__(self, name, content):
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.name = name
-        self.signature = None
-        self.interpreter = Interpreter(model_content=content, num_threads=1)
-        self.interpreter.allocate_tensors()
-        self.input = self.interpreter.get_input_details()[0]["index"]
-        self.times = {"tflite": {}, "tf": {}}
-        self.cells = {"tflite": {}, "tf": {}}
-        self.decisions = {}
+        super().__init__(name)
+        self.interpreter, self.input = _interpreter(content)
 
     def tflite(self, images, index=None):
-        self.interpreter.set_tensor(self.input, images)
-        start = time.perf_counter()
-        self.interpreter.invoke()
-        return time.perf_counter() - start, None
+        return _invoke_timed(self.interpreter, self.input, images), None
 
 
 def _time_batch1(variants, images, tf_count, rounds, order, chunk):
@@ -314,14 +315,10 @@ def paired_ratio(cells, base_cells):
 
 
 def _mean_over(variant, indices):
-    import numpy as np
-
     return 1e3 * float(np.mean([np.median(variant.times["tflite"][i]) for i in indices]))
 
 
 def _time_batched(variants, images, batch_size, repeats, rounds, with_tf):
-    import numpy as np
-
     batches = [images[(i * batch_size) % (len(images) - batch_size + 1):][:batch_size] for i in range(repeats)]
     times = {v.name: {"tflite": [], "tf": []} for v in variants}
     for variant in variants:
@@ -341,8 +338,6 @@ def _time_batched(variants, images, batch_size, repeats, rounds, with_tf):
 
 
 def _predicted(table, decisions):
-    import numpy as np
-
     from energynet_tf import metrics
 
     d = np.asarray(decisions, np.float32)
@@ -355,7 +350,6 @@ def _predicted(table, decisions):
 
 def run():
     _check_flags()
-    import numpy as np
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -468,9 +462,10 @@ def run():
     breakdown = None
     if probes:
         breakdown = {}
-        for name in list(probes) + ["all_open"]:
+        for name in probes:
             ratio, spread, _ = paired_ratio(by_variant[name].cells["tflite"], by_variant["baseline"].cells["tflite"])
             breakdown[name] = {"tflite_ms": measured[name]["tflite_ms"], "tflite_ratio": ratio, "tflite_ratio_range": spread}
+        breakdown["all_open"] = {key: by_name["all_open"][key] for key in ("tflite_ms", "tflite_ratio", "tflite_ratio_range")}
     all_open, learned = by_name["all_open"], by_name["learned"]
     goals = {
         "tflite_all_open_overhead": all_open["tflite_ratio"] - 1.0,

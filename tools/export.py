@@ -173,7 +173,6 @@ def _verify(model, out, count):
 
 
 def _evaluate_int8(model, out, images, labels):
-
     from energynet_tf import export as export_lib
 
     reference = _keras_outputs(model, images)
