@@ -105,6 +105,7 @@ def test_bench_latency_refuses_bad_flags(tmp_path):
     _assert_usage_error(_tool("--chunk=0", module="tools.bench_latency"), "--chunk=0 must be >= 1")
     _assert_usage_error(_tool("--open_fraction=2", module="tools.bench_latency"), "--open_fraction=2.0 must be in [0, 1]")
     _assert_usage_error(_tool(f"--model_dir={tmp_path}/none", module="tools.bench_latency"), "does not exist")
+    _assert_usage_error(_tool(f"--keep_models={tmp_path}", module="tools.bench_latency"), "exists; give a new directory")
 
 
 @pytest.mark.integration

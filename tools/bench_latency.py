@@ -44,6 +44,9 @@ shows how far latency follows MACs on this machine.
 The "breakdown" line splits the all-open overhead: "gates only" runs every
 block with the gates computed but no `IF`, "branches only" runs every block
 in an `IF` with no gates (`export.convert_overhead_probe_to_tflite`).
+`--keep_models=DIR` keeps the exported models, e.g. to profile them, and
+`tools.litert_keep_branches` makes a runtime copy to run this tool against
+(docs/export.md, "Where the all-open overhead goes").
 
 With `--batch_size=B` (default 16; 0 skips), the policy is also timed at batch
 size B with the two batched skipping methods ("gather": each block runs on the
@@ -75,6 +78,7 @@ flags.DEFINE_integer("batch_repeats", 10, "Batches of --batch_size timed per var
 flags.DEFINE_integer("oracle_patterns", 12, "Oracle: static subnetworks built for the learned policy's this many most frequent decision patterns (0 skips the oracle).")
 flags.DEFINE_bool("breakdown", True, "Also time the all-open overhead's two parts: gates without IF, IF branches without gates.")
 flags.DEFINE_string("out", None, "Write the results as JSON to this file.")
+flags.DEFINE_string("keep_models", None, "Keep the exported models (SavedModels and .tflite files) in this new directory, e.g. to profile them.")
 flags.DEFINE_integer("seed", 0, "Seed of the random networks.")
 
 FLAGS = flags.FLAGS
@@ -94,6 +98,8 @@ def _check_flags():
         raise UsageError(f"--model_dir={FLAGS.model_dir} does not exist")
     if FLAGS.out and os.path.isdir(FLAGS.out):
         raise UsageError(f"--out={FLAGS.out} is a directory; give a file name")
+    if FLAGS.keep_models and os.path.exists(FLAGS.keep_models):
+        raise UsageError(f"--keep_models={FLAGS.keep_models} exists; give a new directory")
 
 
 def _load_images(count):
@@ -376,7 +382,9 @@ def run():
     table = model.energy_table
     import tempfile
 
-    workdir = tempfile.mkdtemp(prefix="bench-latency-")
+    if FLAGS.keep_models:
+        os.makedirs(FLAGS.keep_models)
+    workdir = FLAGS.keep_models or tempfile.mkdtemp(prefix="bench-latency-")
     print(f"policy: {policy}; converting ...", flush=True)
     exports = {"baseline": _convert(baseline, "baseline", workdir), "learned": _convert(model, "learned", workdir)}
     exports["masked"] = _convert(model, "masked", workdir, "mask", "mask")
@@ -406,6 +414,9 @@ def run():
     probes = {}
     if FLAGS.breakdown:  # every block runs in both, whatever the gates' weights
         probes = {f"{probe}_only": export.convert_overhead_probe_to_tflite(model, probe) for probe in export.OVERHEAD_PROBES}
+    for name, content in probes.items() if FLAGS.keep_models else ():
+        with open(os.path.join(workdir, f"{name}.tflite"), "wb") as f:
+            f.write(content)
     print(f"converted in {time.time() - started:.0f}s; timing {FLAGS.examples} images x {FLAGS.rounds} rounds ...", flush=True)
 
     order = ["baseline", "all_open", "half_closed", "all_closed", "learned", "learned_other", "masked"]
@@ -524,9 +535,12 @@ def run():
         from energynet_tf import io_utils
 
         io_utils.atomic_write_json(FLAGS.out, result)
-    import shutil
+    if FLAGS.keep_models:
+        print(f"models kept in {workdir}", flush=True)
+    else:
+        import shutil
 
-    shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
     return result
 
 

@@ -29,7 +29,6 @@ from absl import flags
 from energynet_tf import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", None, "Directory to create the patched copy of ai_edge_litert in (must not exist).")
 
 SYMBOL = "_ZN6tflite8Subgraph13ReleaseMemoryEv"  # tflite::Subgraph::ReleaseMemory()
 RETURN_OK = bytes([0x31, 0xC0, 0xC3])  # xor eax, eax; ret: returns 0 == kTfLiteOk
@@ -126,4 +125,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Defined here, not at import: the tests import this module beside tools
+    # that have an --out flag too.
+    flags.DEFINE_string("out", None, "Directory to create the patched copy of ai_edge_litert in (must not exist).")
     app.run(main, flags_parser=cli.parse_flags_or_exit)
