@@ -158,12 +158,11 @@ def _invoke_timed(interpreter, input_index, images):
     return time.perf_counter() - start
 
 
-def _interpreter(model):
-    """`(interpreter, input index)` of a one-input TFLite model (path or bytes), 1 thread."""
+def _interpreter(path):
+    """`(interpreter, input index)` of a one-input .tflite file, 1 thread."""
     from ai_edge_litert.interpreter import Interpreter
 
-    source = {"model_content": model} if isinstance(model, bytes) else {"model_path": model}
-    interpreter = Interpreter(num_threads=1, **source)
+    interpreter = Interpreter(model_path=path, num_threads=1)
     interpreter.allocate_tensors()
     return interpreter, interpreter.get_input_details()[0]["index"]
 
@@ -226,9 +225,9 @@ class _Oracle(_Timed):
 class _Probe(_Timed):
     """A batch-1 TFLite model with one input and no decisions output (TFLite only)."""
 
-    def __init__(self, name, content):
+    def __init__(self, name, path):
         super().__init__(name)
-        self.interpreter, self.input = _interpreter(content)
+        self.interpreter, self.input = _interpreter(path)
 
     def tflite(self, images, index=None):
         return _invoke_timed(self.interpreter, self.input, images), None
@@ -411,19 +410,18 @@ def run():
     for name, pattern in (("all_open", [1] * gates), ("half_closed", [i % 2 == 0 for i in range(gates)]), ("all_closed", [0] * gates)):
         export.force_gate_decisions(model, pattern)  # the trained policy is exported already
         exports[name] = _convert(model, name, workdir)
-    probes = {}
-    if FLAGS.breakdown:  # every block runs in both, whatever the gates' weights
-        probes = {f"{probe}_only": export.convert_overhead_probe_to_tflite(model, probe) for probe in export.OVERHEAD_PROBES}
-    for name, content in probes.items() if FLAGS.keep_models else ():
-        with open(os.path.join(workdir, f"{name}.tflite"), "wb") as f:
-            f.write(content)
+    probes = {}  # name: .tflite path
+    for probe in export.OVERHEAD_PROBES if FLAGS.breakdown else ():  # every block runs in both, whatever the gates' weights
+        probes[f"{probe}_only"] = os.path.join(workdir, f"{probe}_only.tflite")
+        with open(probes[f"{probe}_only"], "wb") as f:
+            f.write(export.convert_overhead_probe_to_tflite(model, probe))
     print(f"converted in {time.time() - started:.0f}s; timing {FLAGS.examples} images x {FLAGS.rounds} rounds ...", flush=True)
 
     order = ["baseline", "all_open", "half_closed", "all_closed", "learned", "learned_other", "masked"]
     variants = [_Variant(name, *exports[name], with_tf=FLAGS.tf_examples > 0) for name in order]
     if oracle_patterns:
         variants.append(_Oracle(oracle_patterns, learned_decisions))
-    variants += [_Probe(name, content) for name, content in probes.items()]
+    variants += [_Probe(name, path) for name, path in probes.items()]
     # Images grouped by decision pattern, so that the oracle (one model per
     # pattern) also runs each of its models on consecutive images.
     order = sorted(range(len(bench_images)), key=lambda i: (tuple(learned_decisions[i]), i))
