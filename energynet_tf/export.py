@@ -140,6 +140,9 @@ def _run_gated_block(block, x, decision, method):
         # For comparison only: what training (and public gated ResNets) do,
         # the block always runs and is multiplied by the decision.
         return block(x, decision=tf.cast(decision[:, 0], x.dtype), training=False)
+    if method == "ignore":
+        # The overhead probe "gates": the block runs whatever the decision.
+        return run_all()
     if method == "single":
         # Batch size 1 only (a static input): one IF per block. A reshape to
         # the scalar predicate, not a reduction: one op less per gate.
@@ -679,25 +682,16 @@ def convert_overhead_probe_to_tflite(model, probe):
     if model.gate is None:
         raise ValueError("Argument `model` must be a gated EnergyNet; received a baseline")
     gate_constants = _fused_gate_constants(model)
-    blocks = model.res_blocks[1:]
 
     def serve(images):
-        x = _stem_and_first_block(model, images)
-        outputs = {}
         if probe == "gates":
-            h = c = None
-            gate_logits = []
-            for i, block in enumerate(blocks):
-                h, c, logit = _gate_step(x, h, c, gate_constants, i)
-                gate_logits.append(logit)
-                x = block(x, training=False)
-            outputs["gate_logits"] = tf.concat(gate_logits, axis=1)
-        else:
-            always = tf.reshape(tf.greater_equal(images[:, 0, 0, 0], -np.inf), ())
-            for block in blocks:
-                x = _run_gated_block(block, x, always, "single")
-        outputs["logits"] = model.classifier(model.head_pool(x))
-        return outputs
+            logits, gate_logits, _ = _network(model, images, "ignore", gate_constants)
+            return {"logits": logits, "gate_logits": gate_logits}
+        x = _stem_and_first_block(model, images)
+        always = tf.reshape(tf.greater_equal(images[:, 0, 0, 0], -np.inf), ())
+        for block in model.res_blocks[1:]:
+            x = _run_gated_block(block, x, always, "single")
+        return {"logits": model.classifier(model.head_pool(x))}
 
     return _convert_batch1(model, serve)
 
