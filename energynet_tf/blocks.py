@@ -20,8 +20,9 @@ def _conv(filters, kernel_size, strides, name):
     )
 
 
-def _bn(name):
-    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+def _bn(name, zero_gamma=False):
+    return keras.layers.BatchNormalization(
+        momentum=0.9, epsilon=1e-5, gamma_initializer="zeros" if zero_gamma else "ones", name=name)
 
 
 class _ConditionalBlock(keras.layers.Layer):
@@ -31,7 +32,7 @@ class _ConditionalBlock(keras.layers.Layer):
     ReLU between them) and `self.out_channels`.
     """
 
-    def __init__(self, filters, strides=1, projection=False, **kwargs):
+    def __init__(self, filters, strides=1, projection=False, zero_init_residual=False, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(filters, int) or filters < 1:
             raise ValueError(
@@ -42,6 +43,10 @@ class _ConditionalBlock(keras.layers.Layer):
         self.filters = filters
         self.strides = strides
         self.projection = bool(projection)
+        # Goyal et al. 2017: with the last BN's gamma at zero the branch adds
+        # nothing at initialisation, so the block starts as its shortcut and
+        # the cross-entropy has no reason to close its gate.
+        self.zero_init_residual = bool(zero_init_residual)
 
     def _make_shortcut(self, out_channels):
         if self.projection:
@@ -114,7 +119,12 @@ class _ConditionalBlock(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            {"filters": self.filters, "strides": self.strides, "projection": self.projection}
+            {
+                "filters": self.filters,
+                "strides": self.strides,
+                "projection": self.projection,
+                "zero_init_residual": self.zero_init_residual,
+            }
         )
         return config
 
@@ -127,19 +137,21 @@ class BasicBlock(_ConditionalBlock):
         filters: output channels of both convolutions.
         strides: 1 or 2, applied by the first convolution and the projection.
         projection: use a 1x1 conv + BN shortcut (needed where the shape changes).
+        zero_init_residual: start the last BN's gamma at zero, so the block
+            is its shortcut at initialisation.
         **kwargs: base layer arguments.
     """
 
     expansion = 1
 
-    def __init__(self, filters, strides=1, projection=False, **kwargs):
-        super().__init__(filters, strides, projection, **kwargs)
+    def __init__(self, filters, strides=1, projection=False, zero_init_residual=False, **kwargs):
+        super().__init__(filters, strides, projection, zero_init_residual, **kwargs)
         self.out_channels = filters
         self.residual_convs = [
             _conv(filters, 3, strides, "conv1"),
             _conv(filters, 3, 1, "conv2"),
         ]
-        self.residual_bns = [_bn("bn1"), _bn("bn2")]
+        self.residual_bns = [_bn("bn1"), _bn("bn2", zero_gamma=self.zero_init_residual)]
         self._make_shortcut(self.out_channels)
 
 
@@ -154,18 +166,20 @@ class BottleneckBlock(_ConditionalBlock):
             `4 * filters` channels.
         strides: 1 or 2.
         projection: use a 1x1 conv + BN shortcut (needed where the shape changes).
+        zero_init_residual: start the last BN's gamma at zero, so the block
+            is its shortcut at initialisation.
         **kwargs: base layer arguments.
     """
 
     expansion = 4
 
-    def __init__(self, filters, strides=1, projection=False, **kwargs):
-        super().__init__(filters, strides, projection, **kwargs)
+    def __init__(self, filters, strides=1, projection=False, zero_init_residual=False, **kwargs):
+        super().__init__(filters, strides, projection, zero_init_residual, **kwargs)
         self.out_channels = filters * self.expansion
         self.residual_convs = [
             _conv(filters, 1, 1, "conv1"),
             _conv(filters, 3, strides, "conv2"),
             _conv(self.out_channels, 1, 1, "conv3"),
         ]
-        self.residual_bns = [_bn("bn1"), _bn("bn2"), _bn("bn3")]
+        self.residual_bns = [_bn("bn1"), _bn("bn2"), _bn("bn3", zero_gamma=self.zero_init_residual)]
         self._make_shortcut(self.out_channels)

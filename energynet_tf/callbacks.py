@@ -19,8 +19,18 @@ class PhaseSchedule:
     validation accuracy. Each phase has its own cosine-decayed learning rate,
     starting at `lr1`, `lr2` or `lr3`, after `warmup_epochs` of linear warm-up
     in phase I. For the first `gate_warmup_epochs` of phase I every block runs
-    in training whatever its gate decides (the gates still learn, through the
-    straight-through gradient), so blocks learn before gates can close them.
+    in training whatever its gate decides and the gates are frozen (their
+    gradients are multiplied by 0), so blocks learn before gates can close
+    them. Otherwise the gates' gradients are multiplied by
+    `gate_lr_multiplier` (their own learning rate, with SGD). In phase II
+    alpha ramps linearly from `alpha1` to `alpha2` over its first
+    `alpha_ramp_epochs` epochs (0: a step).
+
+    The phase III test: phase III runs if the drop from phase I's to phase
+    II's validation accuracy, in points, exceeds `restore_threshold` plus
+    `restore_z` standard errors of the difference of two accuracies measured
+    on the validation set (binomial; with 5,000 images and accuracy near 90%
+    one standard error is about 0.6 points). `restore_z` 0 is the paper's test.
 
     Raises:
         ValueError: naming the field, for a negative or non-finite value.
@@ -39,15 +49,20 @@ class PhaseSchedule:
     target_accuracy: float = None
     warmup_epochs: int = 0
     gate_warmup_epochs: int = 0
+    gate_lr_multiplier: float = 1.0
+    alpha_ramp_epochs: int = 0
+    restore_z: float = 0.0
 
     def __post_init__(self):
-        for name in ("phase1_epochs", "phase2_epochs", "phase3_epochs", "warmup_epochs", "gate_warmup_epochs"):
+        for name in ("phase1_epochs", "phase2_epochs", "phase3_epochs", "warmup_epochs", "gate_warmup_epochs",
+                     "alpha_ramp_epochs"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"PhaseSchedule.{name} must be an int >= 0; received: {value!r}")
         if self.phase1_epochs < 1:
             raise ValueError(f"PhaseSchedule.phase1_epochs must be >= 1; received: {self.phase1_epochs}")
-        for name in ("alpha1", "alpha2", "alpha3", "lr1", "lr2", "lr3", "restore_threshold"):
+        for name in ("alpha1", "alpha2", "alpha3", "lr1", "lr2", "lr3", "restore_threshold",
+                     "gate_lr_multiplier", "restore_z"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"PhaseSchedule.{name} must be a finite number >= 0; received: {value!r}")
@@ -61,7 +76,11 @@ class PhaseSchedule:
         """Epochs if every phase runs to its end."""
         return self.phase1_epochs + self.phase2_epochs + self.phase3_epochs
 
-    def alpha(self, phase):
+    def alpha(self, phase, epochs_into_phase=None):
+        """Alpha of `phase`; in phase II, `epochs_into_phase` (float) follows the ramp."""
+        if phase == 2 and self.alpha_ramp_epochs > 0 and epochs_into_phase is not None:
+            fraction = min(max(epochs_into_phase / self.alpha_ramp_epochs, 0.0), 1.0)
+            return self.alpha1 + fraction * (self.alpha2 - self.alpha1)
         return {1: self.alpha1, 2: self.alpha2, 3: self.alpha3}[phase]
 
     def base_lr(self, phase):
@@ -98,10 +117,16 @@ class AlphaPhases(keras.callbacks.Callback):
         verbose: print phase transitions.
     """
 
-    def __init__(self, schedule, steps_per_epoch, monitor="val_accuracy", verbose=True):
+    def __init__(self, schedule, steps_per_epoch, monitor="val_accuracy", verbose=True,
+                 validation_examples=None):
         super().__init__()
         if not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
             raise ValueError(f"Argument `steps_per_epoch` must be an int >= 1; received: {steps_per_epoch!r}")
+        if schedule.restore_z > 0 and not (isinstance(validation_examples, int) and validation_examples > 0):
+            raise ValueError(
+                "Argument `validation_examples` must be a positive int when the schedule's "
+                f"restore_z > 0 (the phase III test needs it); received: {validation_examples!r}")
+        self.validation_examples = validation_examples
         self.schedule = schedule
         self.steps_per_epoch = steps_per_epoch
         self.monitor = monitor
@@ -139,10 +164,11 @@ class AlphaPhases(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
-        self.model.alpha.assign(self.schedule.alpha(self.phase))
         forced = self.phase == 1 and epoch - self.phase_start_epoch < self.schedule.gate_warmup_epochs
         if hasattr(self.model, "gates_forced_open"):
             self.model.gates_forced_open.assign(1.0 if forced else 0.0)
+        if hasattr(self.model, "gate_lr_multiplier"):
+            self.model.gate_lr_multiplier.assign(0.0 if forced else self.schedule.gate_lr_multiplier)
         self._set_lr(epoch, 0)
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -155,12 +181,16 @@ class AlphaPhases(keras.callbacks.Callback):
         lr = cosine_lr(self.schedule.base_lr(self.phase), progress, min(warmup, 1.0))
         self.model.optimizer.learning_rate.assign(lr)
         self._lr = lr
+        into_phase = (epoch - self.phase_start_epoch) + batch / self.steps_per_epoch
+        self.model.alpha.assign(self.schedule.alpha(self.phase, into_phase))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         logs["phase"] = float(self.phase)
         logs["alpha"] = float(self.model.alpha.numpy())
         logs["lr"] = float(self._lr)
+        if hasattr(self.model, "gate_lr_multiplier"):
+            logs["gate_lr_multiplier"] = float(self.model.gate_lr_multiplier.numpy())
         accuracy = logs.get(self.monitor, logs.get("accuracy"))
         epochs_in_phase = epoch + 1 - self.phase_start_epoch
         schedule = self.schedule
@@ -186,7 +216,7 @@ class AlphaPhases(keras.callbacks.Callback):
     def _end_phase(self, epoch, accuracy, why):
         record = {
             "phase": self.phase,
-            "alpha": self.schedule.alpha(self.phase),
+            "alpha": self.schedule.alpha(self.phase, float("inf")),
             "epochs": epoch + 1 - self.phase_start_epoch,
             "val_accuracy": None if accuracy is None else float(accuracy),
             "ended_because": why,
@@ -206,10 +236,19 @@ class AlphaPhases(keras.callbacks.Callback):
             return
         drop = 100.0 * (phase1 - phase2)
         threshold = self.schedule.restore_threshold
+        if self.schedule.restore_z > 0:
+            n = self.validation_examples
+            se = 100.0 * math.sqrt((phase1 * (1 - phase1) + phase2 * (1 - phase2)) / n)
+            margin = self.schedule.restore_z * se
+            threshold = round(threshold + margin, 2)
+            threshold_text = (f"{threshold} threshold ({self.schedule.restore_threshold} + "
+                              f"{self.schedule.restore_z} x {se:.2f} standard error on {n} images)")
+        else:
+            threshold_text = f"{threshold} threshold"
         if drop > threshold and self.schedule.phase3_epochs > 0:
             self.phase3_reason = (
                 f"phase III ran: phase II lost {drop:.2f} points of validation accuracy "
-                f"({100 * phase1:.2f}% -> {100 * phase2:.2f}%), more than the {threshold} threshold"
+                f"({100 * phase1:.2f}% -> {100 * phase2:.2f}%), more than the {threshold_text}"
             )
             if self.verbose:
                 print(f"[phases] {self.phase3_reason}", flush=True)
@@ -221,7 +260,7 @@ class AlphaPhases(keras.callbacks.Callback):
         else:
             self._finish(
                 f"phase III did not run: phase II lost {drop:.2f} points of validation accuracy "
-                f"({100 * phase1:.2f}% -> {100 * phase2:.2f}%), within the {threshold} threshold"
+                f"({100 * phase1:.2f}% -> {100 * phase2:.2f}%), within the {threshold_text}"
             )
 
     def _finish(self, reason):

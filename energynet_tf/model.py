@@ -57,6 +57,15 @@ class EnergyNet(keras.Model):
             change with `assign`.
         accelerator: `systolic.AcceleratorConfig` (or its dict) for the energy table.
         energy_costs: `systolic.EnergyCosts` (or its dict).
+        weight_decay: coupled L2 weight decay: `weight_decay / 2 * sum(w**2)`
+            over every trainable weight is added to the training loss, so
+            its gradient is `weight_decay * w`, as in the CIFAR ResNet
+            recipe (He et al. 2016) and PyTorch's SGD. 0 disables it.
+        zero_init_residual: start each residual branch's last BN gamma at
+            zero, so every block begins as its shortcut (Goyal et al. 2017).
+        gate_lr_multiplier: initial value of `gate_lr_multiplier`, a
+            non-trainable variable that scales the gates' gradients (their
+            learning rate with SGD); 0 freezes the gates. Callbacks change it.
         **kwargs: base model arguments (`name`, ...).
 
     Raises:
@@ -74,6 +83,9 @@ class EnergyNet(keras.Model):
         alpha=0.1,
         accelerator=None,
         energy_costs=None,
+        weight_decay=0.0,
+        zero_init_residual=False,
+        gate_lr_multiplier=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -91,6 +103,11 @@ class EnergyNet(keras.Model):
         alpha = float(alpha)
         if not np.isfinite(alpha) or alpha < 0:
             raise ValueError(f"Argument `alpha` must be finite and >= 0; received: {alpha!r}")
+        for name, value in (("weight_decay", weight_decay), ("gate_lr_multiplier", gate_lr_multiplier)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+                raise ValueError(f"Argument `{name}` must be a finite number >= 0; received: {value!r}")
+        self.weight_decay = float(weight_decay)
+        self.zero_init_residual = bool(zero_init_residual)
         self.depth = depth
         self.num_classes = num_classes
         self.image_shape = image_shape
@@ -126,6 +143,15 @@ class EnergyNet(keras.Model):
             initializer="zeros",
             trainable=False,
         )
+        # Scales the gates' gradients: 0 while the gates are frozen (they
+        # must not learn before the blocks they guard have), or a separate
+        # learning rate for the few gate weights.
+        self.gate_lr_multiplier = self.add_weight(
+            name="gate_lr_multiplier",
+            shape=(),
+            initializer=keras.initializers.Constant(float(gate_lr_multiplier)),
+            trainable=False,
+        )
         self.energy_tracker = metrics_lib.EnergyMetrics(self.energy_table, name="energy_metrics")
         self.skip_tracker = metrics_lib.SkipRatios(self.num_gates, name="skip_ratios")
         self.ce_tracker = keras.metrics.Mean(name="cross_entropy")
@@ -154,7 +180,9 @@ class EnergyNet(keras.Model):
                 out_channels = stage.filters * block_cls.expansion
                 projection = strides != 1 or channels != out_channels
                 self.res_blocks.append(
-                    block_cls(stage.filters, strides, projection, name=f"block{len(self.res_blocks):02d}")
+                    block_cls(stage.filters, strides, projection,
+                              zero_init_residual=self.zero_init_residual,
+                              name=f"block{len(self.res_blocks):02d}")
                 )
                 channels = out_channels
         self.gate = None
@@ -293,7 +321,19 @@ class EnergyNet(keras.Model):
         energy = ops.mean(self.expected_energy(out["probabilities"]))
         num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
         loss = ce + ops.cast(self.alpha, ce.dtype) * energy / num_replicas
+        if self.weight_decay > 0:
+            loss = loss + self.l2_penalty() / num_replicas
         return x, y, sample_weight, out, ce, loss
+
+    def l2_penalty(self):
+        """`weight_decay / 2 * sum(w**2)` over the trainable weights (coupled L2)."""
+        total = ops.sum(ops.stack([ops.sum(ops.square(w)) for w in self.trainable_weights]))
+        return 0.5 * self.weight_decay * total
+
+    def _gate_variable_ids(self):
+        if self.gate is None:
+            return set()
+        return {id(v) for v in self.gate.trainable_weights}
 
     def _update_metrics(self, x, y, sample_weight, out, ce, loss):
         num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -309,6 +349,13 @@ class EnergyNet(keras.Model):
             x, y, sample_weight, out, ce, loss = self._step(data, training=True)
             scaled = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, self.trainable_weights)
+        gate_ids = self._gate_variable_ids()
+        if gate_ids:
+            scale = ops.cast(self.gate_lr_multiplier, "float32")
+            gradients = [
+                g * ops.cast(scale, g.dtype) if id(w) in gate_ids and g is not None else g
+                for g, w in zip(gradients, self.trainable_weights)
+            ]
         self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
         return self._update_metrics(x, y, sample_weight, out, ce, loss)
 
@@ -318,13 +365,15 @@ class EnergyNet(keras.Model):
 
     # -- serialisation ----------------------------------------------------------
     def load_own_variables(self, store):
-        """Loads `alpha` and `gates_forced_open`; files with `alpha` only load too.
+        """Loads `alpha`, `gates_forced_open` and `gate_lr_multiplier`.
 
-        Models saved before gate warm-up existed hold one variable; the flag
-        they lack is 0 (gates decide) outside warm-up, which is its default.
+        Files saved before the later variables existed hold only the first
+        one or two; the missing ones keep their constructor values.
         """
-        if len(store.keys()) == 1:
-            self.alpha.assign(store["0"])
+        variables = (self.alpha, self.gates_forced_open, self.gate_lr_multiplier)
+        if len(store.keys()) < len(variables):
+            for i in range(len(store.keys())):
+                variables[i].assign(store[str(i)])
             return
         super().load_own_variables(store)
 
@@ -341,6 +390,10 @@ class EnergyNet(keras.Model):
                 "alpha": float(self.alpha.numpy()) if hasattr(self, "alpha") else 0.1,
                 "accelerator": dataclasses.asdict(self.accelerator),
                 "energy_costs": dataclasses.asdict(self.energy_costs),
+                "weight_decay": self.weight_decay,
+                "zero_init_residual": self.zero_init_residual,
+                "gate_lr_multiplier": (
+                    float(self.gate_lr_multiplier.numpy()) if hasattr(self, "gate_lr_multiplier") else 1.0),
             }
         )
         return config

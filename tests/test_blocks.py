@@ -58,6 +58,29 @@ def test_bad_arguments(kwargs, needle):
 
 
 def test_config_round_trip_non_default():
-    block = blocks.BottleneckBlock(12, strides=2, projection=True, name="b")
+    block = blocks.BottleneckBlock(12, strides=2, projection=True, zero_init_residual=True, name="b")
     clone = blocks.BottleneckBlock.from_config(block.get_config())
     assert (clone.filters, clone.strides, clone.projection, clone.name) == (12, 2, True, "b")
+    assert clone.zero_init_residual
+
+
+@pytest.mark.parametrize("cls, filters, strides, projection, channels", [
+    (blocks.BasicBlock, 8, 1, False, 8),
+    (blocks.BasicBlock, 16, 2, True, 8),
+    (blocks.BottleneckBlock, 2, 1, False, 8),
+    (blocks.BottleneckBlock, 8, 2, True, 16),
+])
+def test_zero_init_residual_blocks_are_their_shortcut_at_initialisation(cls, filters, strides, projection, channels):
+    keras.utils.set_random_seed(1)
+    # Block inputs follow a ReLU: non-negative, so relu(shortcut) is the shortcut for identities.
+    x = np.abs(np.random.default_rng(0).normal(size=(3, 8, 8, channels))).astype("float32")
+    block = cls(filters, strides, projection, zero_init_residual=True)
+    out = _run(block, x, training=False)
+    shortcut = np.asarray(block.shortcut(x))
+    np.testing.assert_allclose(out, np.maximum(shortcut, 0.0), atol=1e-6)
+    # Only the last BN's scale starts at zero: the convolutions still get gradients.
+    assert not np.any(block.residual_bns[-1].gamma.numpy())
+    assert all(np.all(bn.gamma.numpy() == 1.0) for bn in block.residual_bns[:-1])
+    # Without the option the block does not start as its shortcut.
+    plain = _run(cls(filters, strides, projection), x, training=False)
+    assert np.abs(plain - np.maximum(shortcut, 0.0)).max() > 1e-3

@@ -15,6 +15,7 @@ class _FakeModel:
     def __init__(self):
         self.alpha = keras.Variable(0.0, trainable=False)
         self.gates_forced_open = keras.Variable(0.0, trainable=False)
+        self.gate_lr_multiplier = keras.Variable(1.0, trainable=False)
         self.optimizer = keras.optimizers.SGD(0.0)
         self.stop_training = False
 
@@ -139,3 +140,56 @@ def test_gate_warmup_forces_blocks_open_in_the_first_epochs_of_phase1():
         forced.append(float(model.gates_forced_open.numpy()))
         cb.on_epoch_end(epoch, {"val_accuracy": 0.5})
     assert forced == [1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+def test_gate_warmup_freezes_the_gates_then_uses_the_schedules_gate_learning_rate():
+    cb = callbacks.AlphaPhases(_schedule(phase1_epochs=3, gate_warmup_epochs=2, gate_lr_multiplier=4.0),
+                               steps_per_epoch=2, verbose=False)
+    model = _FakeModel()
+    cb.set_model(model)
+    multipliers, logged = [], []
+    for epoch in range(5):
+        cb.on_epoch_begin(epoch)
+        multipliers.append(float(model.gate_lr_multiplier.numpy()))
+        logs = {"val_accuracy": 0.5}
+        cb.on_epoch_end(epoch, logs)
+        logged.append(logs["gate_lr_multiplier"])
+    assert multipliers == [0.0, 0.0, 4.0, 4.0, 4.0]
+    assert logged == multipliers
+
+
+def test_alpha_ramps_linearly_through_phase2_per_step():
+    cb = callbacks.AlphaPhases(_schedule(phase1_epochs=1, phase2_epochs=3, alpha_ramp_epochs=2, alpha1=0.1,
+                                         alpha2=0.5), steps_per_epoch=4, verbose=False)
+    model = _FakeModel()
+    cb.set_model(model)
+    alphas = []
+    for epoch in range(4):
+        cb.on_epoch_begin(epoch)
+        for batch in range(4):
+            cb.on_train_batch_begin(batch)
+            alphas.append(round(float(model.alpha.numpy()), 6))
+        cb.on_epoch_end(epoch, {"val_accuracy": 0.5})
+    assert alphas[:4] == [0.1] * 4
+    assert alphas[4:12] == [round(0.1 + 0.4 * i / 8, 6) for i in range(8)]
+    assert alphas[12:] == [0.5] * 4
+    assert cb.phases[1]["alpha"] == 0.5
+
+
+def test_phase3_test_with_standard_errors_ignores_noise_but_not_real_losses():
+    # 5,000 validation images at 90%: one standard error of the difference is 0.6 points.
+    noisy = callbacks.AlphaPhases(_schedule(restore_threshold=0.1, restore_z=1.0), steps_per_epoch=2,
+                                  verbose=False, validation_examples=5000)
+    seen, _ = _drive(noisy, [0.85, 0.90, 0.89, 0.895, 0.5])
+    assert [phase for phase, _ in seen] == [1, 1, 2, 2]
+    assert "did not run" in noisy.phase3_reason and "standard error on 5000 images" in noisy.phase3_reason
+    real = callbacks.AlphaPhases(_schedule(restore_threshold=0.1, restore_z=1.0), steps_per_epoch=2,
+                                 verbose=False, validation_examples=5000)
+    seen, _ = _drive(real, [0.85, 0.90, 0.88, 0.88, 0.9])
+    assert [phase for phase, _ in seen] == [1, 1, 2, 2, 3]
+    assert "phase III ran" in real.phase3_reason and "2.00 points" in real.phase3_reason
+
+
+def test_phase3_test_with_standard_errors_needs_the_validation_size():
+    with pytest.raises(ValueError, match="validation_examples"):
+        callbacks.AlphaPhases(_schedule(restore_z=1.0), steps_per_epoch=2)

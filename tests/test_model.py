@@ -153,7 +153,8 @@ def test_keras_round_trip_identical_outputs_and_gates(tmp_path):
     keras.utils.set_random_seed(2)
     model = EnergyNet(depth=14, num_classes=7, gate_units=6, gate_bias_init=0.1, alpha=0.3,
                       accelerator={"array_rows": 16, "array_cols": 8, "dataflow": "ws"},
-                      energy_costs={"dram": 100.0}, name="custom")
+                      energy_costs={"dram": 100.0}, weight_decay=5e-4, zero_init_residual=True,
+                      gate_lr_multiplier=2.5, name="custom")
     training.compile_model(model, keras.optimizers.SGD(0.01))
     x, y = _data()
     y = y % 7
@@ -171,17 +172,22 @@ def test_keras_round_trip_identical_outputs_and_gates(tmp_path):
     assert loaded.accelerator == model.accelerator and loaded.energy_costs == model.energy_costs
     assert loaded.energy_table.block_energy == model.energy_table.block_energy
     assert (loaded.gate_units, loaded.num_classes, loaded.name) == (6, 7, "custom")
+    assert (loaded.weight_decay, loaded.zero_init_residual) == (5e-4, True)
+    assert float(loaded.gate_lr_multiplier.numpy()) == pytest.approx(2.5)
 
 
-def test_loads_files_saved_before_gates_forced_open_existed(tmp_path):
+@pytest.mark.parametrize("kept", [1, 2])
+def test_loads_files_saved_before_later_model_variables_existed(tmp_path, kept):
+    # kept=1: alpha only (before gate warm-up); kept=2: alpha and gates_forced_open
+    # (before gate_lr_multiplier).
     import h5py
     import zipfile
 
     model = EnergyNet(depth=8, alpha=0.25)
     model.gates_forced_open.assign(1.0)
+    model.gate_lr_multiplier.assign(0.0)
     path = tmp_path / "m.keras"
     model.save(path)
-    # Rewrite the archive as the older format: the model's own vars hold alpha only.
     old = tmp_path / "old.keras"
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(old, "w") as dst:
         for name in src.namelist():
@@ -190,14 +196,70 @@ def test_loads_files_saved_before_gates_forced_open_existed(tmp_path):
                 weights = tmp_path / "w.h5"
                 weights.write_bytes(data)
                 with h5py.File(weights, "r+") as f:
-                    del f["vars"]["1"]
+                    for index in range(kept, 3):
+                        del f["vars"][str(index)]
                 data = weights.read_bytes()
             dst.writestr(name, data)
     loaded = keras.saving.load_model(old)
     assert float(loaded.alpha.numpy()) == pytest.approx(0.25)
-    assert float(loaded.gates_forced_open.numpy()) == 0.0
+    assert float(loaded.gates_forced_open.numpy()) == (1.0 if kept == 2 else 0.0)
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
     np.testing.assert_array_equal(model.forward(x)["logits"].numpy(), loaded.forward(x)["logits"].numpy())
+
+
+def test_coupled_weight_decay_adds_half_wd_times_squared_norm_to_the_loss():
+    x, y = _data()
+    plain = _compiled(depth=8, alpha=0.3)
+    decayed = _compiled(depth=8, alpha=0.3, weight_decay=1e-3)
+    squares = sum(float(np.sum(np.square(w.numpy()))) for w in decayed.trainable_weights)
+    a = plain.evaluate(x, y, batch_size=8, return_dict=True, verbose=0)["loss"]
+    b = decayed.evaluate(x, y, batch_size=8, return_dict=True, verbose=0)["loss"]
+    assert b - a == pytest.approx(0.5e-3 * squares, rel=1e-4)
+
+
+def test_coupled_weight_decay_gradient_is_wd_times_w():
+    # One plain SGD step on a zero learning signal (alpha 0, gates closed out of
+    # the picture): with lr 1, w_new = w - lr * (dCE/dw + wd * w).
+    x, y = _data()
+    outs = []
+    for wd in (0.0, 0.01):
+        keras.utils.set_random_seed(0)
+        model = EnergyNet(depth=8, alpha=0.0, weight_decay=wd)
+        training.compile_model(model, keras.optimizers.SGD(1.0))
+        before = model.classifier.kernel.numpy().copy()
+        model.train_on_batch(x, y)
+        outs.append((before, model.classifier.kernel.numpy()))
+    (b0, a0), (b1, a1) = outs
+    np.testing.assert_allclose(b0, b1)
+    np.testing.assert_allclose(a1 - a0, -0.01 * b1, atol=2e-5)
+
+
+def test_gate_lr_multiplier_zero_freezes_the_gates_but_not_the_backbone():
+    model = _compiled(depth=8, alpha=0.5, weight_decay=1e-3, gate_lr_multiplier=0.0)
+    x, y = _data(16)
+    gates = [w.numpy().copy() for w in model.gate.trainable_weights]
+    stem = model.stem_conv.kernel.numpy().copy()
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    for before, w in zip(gates, model.gate.trainable_weights):
+        np.testing.assert_array_equal(before, w.numpy())
+    assert np.abs(model.stem_conv.kernel.numpy() - stem).max() > 0
+    # Once the multiplier is 1 the same gates learn.
+    model.gate_lr_multiplier.assign(1.0)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    assert np.abs(model.gate.output_dense.bias.numpy() - gates[-1]).max() > 0
+
+
+def test_gate_lr_multiplier_scales_the_gates_update():
+    x, y = _data()
+    steps = {}
+    for k in (1.0, 3.0):
+        keras.utils.set_random_seed(0)
+        model = EnergyNet(depth=8, alpha=0.5, gate_lr_multiplier=k)
+        training.compile_model(model, keras.optimizers.SGD(0.01))
+        before = model.gate.output_dense.bias.numpy().copy()
+        model.train_on_batch(x, y)
+        steps[k] = model.gate.output_dense.bias.numpy() - before
+    np.testing.assert_allclose(steps[3.0], 3.0 * steps[1.0], rtol=1e-4)
 
 
 def test_few_training_steps_reduce_the_loss():
@@ -227,6 +289,8 @@ def test_energy_loss_closes_gates():
     ({"image_shape": (32, 32)}, ValueError, "image_shape"),
     ({"accelerator": {"rows": 3}}, ValueError, "accelerator"),
     ({"accelerator": 3}, TypeError, "accelerator"),
+    ({"weight_decay": -1e-4}, ValueError, "weight_decay"),
+    ({"gate_lr_multiplier": float("nan")}, ValueError, "gate_lr_multiplier"),
 ])
 def test_bad_constructor_arguments(kwargs, error, needle):
     with pytest.raises(error, match=needle):

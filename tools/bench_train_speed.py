@@ -18,11 +18,15 @@ import sys
 from absl import app
 from absl import flags
 
-flags.DEFINE_integer("depth", 20, "Network depth.")
-flags.DEFINE_integer("batch_size", 128, "Batch size.")
-flags.DEFINE_integer("steps", 8, "Timed training steps per measurement (after 2 warm-up steps).")
-flags.DEFINE_integer("repeats", 3, "Measurements per variant.")
 FLAGS = flags.FLAGS
+
+
+def _define_flags():
+    # Defined only when run as a program: tools.reproduce imports `measure`.
+    flags.DEFINE_integer("depth", 20, "Network depth.")
+    flags.DEFINE_integer("batch_size", 128, "Batch size.")
+    flags.DEFINE_integer("steps", 8, "Timed training steps per measurement (after 2 warm-up steps).")
+    flags.DEFINE_integer("repeats", 3, "Measurements per variant.")
 
 _WORKER = r"""
 import json, sys, time
@@ -56,10 +60,15 @@ VARIANTS = (
 )
 
 
-def _measure(baseline, deterministic):
-    args = json.dumps([FLAGS.depth, FLAGS.batch_size, FLAGS.steps, baseline, deterministic])
+def measure(depth, batch_size, steps, baseline, deterministic=True):
+    """Training images/s of one variant, in a fresh process (synthetic data)."""
+    args = json.dumps([depth, batch_size, steps, baseline, deterministic])
     out = subprocess.run([sys.executable, "-c", _WORKER, args], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"]
+
+
+def _measure(baseline, deterministic):
+    return measure(FLAGS.depth, FLAGS.batch_size, FLAGS.steps, baseline, deterministic)
 
 
 def main(argv):
@@ -78,4 +87,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

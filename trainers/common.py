@@ -13,7 +13,7 @@ from absl import logging  # noqa: E402
 FLAGS = flags.FLAGS
 
 # Keys of config.json that may change between a run and its resumption.
-_RESUMABLE_KEYS = ("model_dir", "data_dir", "verbose")
+_RESUMABLE_KEYS = ("model_dir", "data_dir", "verbose", "keep_checkpoints", "pin_checkpoints")
 
 
 from energynet_tf import cli  # noqa: E402
@@ -44,7 +44,13 @@ def define_flags(default_depth, default_batch_size=128):
     flags.DEFINE_integer("eval_batch_size", 256, "Evaluation batch size.")
     flags.DEFINE_integer("seed", 0, "Seed of initialisation, shuffling and augmentation.")
     flags.DEFINE_integer("max_train_examples", None, "Train on the first N training examples only (smoke runs).")
-    flags.DEFINE_float("weight_decay", 1e-4, "Decoupled weight decay of SGD.")
+    flags.DEFINE_float("weight_decay", 1e-4, "Coupled L2 weight decay on every weight (its gradient weight_decay * w is added, as in the CIFAR ResNet recipe).")
+    flags.DEFINE_boolean("zero_init_residual", True, "Start each residual branch's last BN gamma at zero (blocks begin as their shortcuts).")
+    flags.DEFINE_float("gate_lr_multiplier", 1.0, "The gates' learning rate as a multiple of the backbone's.")
+    flags.DEFINE_integer("alpha_ramp_epochs", 0, "Phase II ramps alpha linearly from alpha1 to alpha2 over this many epochs (0: a step).")
+    flags.DEFINE_float("restore_z", 0.0, "Phase III runs if phase II lost more than restore_threshold plus this many standard errors of validation accuracy (0: the paper's test).")
+    flags.DEFINE_integer("keep_checkpoints", 2, "Epoch checkpoints to keep in model_dir/checkpoints.")
+    flags.DEFINE_list("pin_checkpoints", [], "Epochs whose checkpoints are never removed (e.g. the epoch an EnergyNet run starts from).")
     flags.DEFINE_float("momentum", 0.9, "SGD (Nesterov) momentum.")
     flags.DEFINE_integer("gate_units", 10, "Width of the gates' projections and shared LSTM cell.")
     flags.DEFINE_float("gate_bias_init", 1.0, "Initial bias of the gates' output unit (positive: gates start open).")
@@ -71,7 +77,7 @@ def check_flags(extra_config):
         raise UsageError("--model_dir is required: the run directory (e.g. --model_dir=runs/energynet38)")
     if FLAGS.depth not in backbone.SUPPORTED_DEPTHS:
         raise UsageError(f"--depth={FLAGS.depth} is not supported; allowed: {', '.join(map(str, backbone.SUPPORTED_DEPTHS))}")
-    positive = ["batch_size", "eval_batch_size", "gate_units", "array_rows", "array_cols"]
+    positive = ["batch_size", "eval_batch_size", "gate_units", "array_rows", "array_cols", "keep_checkpoints"]
     for name in positive:
         value = getattr(FLAGS, name)
         if value < 1:
@@ -86,11 +92,12 @@ def check_flags(extra_config):
             raise UsageError(f"--{name}={value} must be a positive integer (or left unset)")
     if FLAGS.phase1_epochs < 1:
         raise UsageError(f"--phase1_epochs={FLAGS.phase1_epochs} must be >= 1")
-    for name in ("phase2_epochs", "phase3_epochs", "warmup_epochs", "gate_warmup_epochs", "seed"):
+    for name in ("phase2_epochs", "phase3_epochs", "warmup_epochs", "gate_warmup_epochs", "seed", "alpha_ramp_epochs"):
         value = getattr(FLAGS, name)
         if value < 0:
             raise UsageError(f"--{name}={value} must be >= 0")
-    for name in ("alpha1", "alpha2", "alpha3", "lr1", "lr2", "lr3", "restore_threshold", "weight_decay", "momentum"):
+    for name in ("alpha1", "alpha2", "alpha3", "lr1", "lr2", "lr3", "restore_threshold", "weight_decay", "momentum",
+                 "gate_lr_multiplier", "restore_z"):
         value = getattr(FLAGS, name)
         if not (value >= 0 and value < float("inf")):
             raise UsageError(f"--{name}={value} must be a finite number >= 0")
@@ -101,6 +108,12 @@ def check_flags(extra_config):
     if FLAGS.init_from is not None and not os.path.exists(_model_file(FLAGS.init_from)):
         raise UsageError(f"--init_from={FLAGS.init_from}: no such model file ({_model_file(FLAGS.init_from)})")
 
+    try:
+        pinned = sorted({int(e) for e in FLAGS.pin_checkpoints})
+    except ValueError:
+        raise UsageError(f"--pin_checkpoints={','.join(FLAGS.pin_checkpoints)} must be a comma-separated list of epochs") from None
+    if any(e < 1 for e in pinned):
+        raise UsageError(f"--pin_checkpoints={','.join(FLAGS.pin_checkpoints)}: epochs start at 1")
     phase_epochs = [FLAGS.phase1_epochs, FLAGS.phase2_epochs, FLAGS.phase3_epochs]
     if FLAGS.epochs is not None:
         phase_epochs = [FLAGS.epochs] * 3
@@ -129,6 +142,10 @@ def check_flags(extra_config):
         "seed": FLAGS.seed,
         "max_train_examples": FLAGS.max_train_examples,
         "weight_decay": FLAGS.weight_decay,
+        "zero_init_residual": FLAGS.zero_init_residual,
+        "gate_lr_multiplier": FLAGS.gate_lr_multiplier,
+        "alpha_ramp_epochs": FLAGS.alpha_ramp_epochs,
+        "restore_z": FLAGS.restore_z,
         "momentum": FLAGS.momentum,
         "gate_units": FLAGS.gate_units,
         "gate_bias_init": FLAGS.gate_bias_init,
@@ -141,6 +158,8 @@ def check_flags(extra_config):
             "filter_sram_kb": FLAGS.filter_sram_kb,
             "ofmap_sram_kb": FLAGS.ofmap_sram_kb,
         },
+        "keep_checkpoints": FLAGS.keep_checkpoints,
+        "pin_checkpoints": pinned,
         "deterministic": FLAGS.deterministic,
         "verbose": FLAGS.verbose,
     }
@@ -192,6 +211,9 @@ def build_model(config, num_classes, image_shape):
         gate_bias_init=config["gate_bias_init"],
         alpha=config["alpha1"],
         accelerator=config["accelerator"],
+        weight_decay=config.get("weight_decay", 0.0),
+        zero_init_residual=config.get("zero_init_residual", False),
+        gate_lr_multiplier=config.get("gate_lr_multiplier", 1.0),
     )
 
 
@@ -254,6 +276,9 @@ def run(config, make_model, make_data, top5=False):
         target_accuracy=config["target_accuracy"],
         warmup_epochs=config["warmup_epochs"],
         gate_warmup_epochs=config["gate_warmup_epochs"],
+        gate_lr_multiplier=config.get("gate_lr_multiplier", 1.0),
+        alpha_ramp_epochs=config.get("alpha_ramp_epochs", 0),
+        restore_z=config.get("restore_z", 0.0),
     )
     os.makedirs(config["model_dir"], exist_ok=True)
     io_utils.atomic_write_json(os.path.join(config["model_dir"], "config.json"), config)
@@ -265,7 +290,7 @@ def run(config, make_model, make_data, top5=False):
             f"E_fixed {table.fixed_energy / table.total_energy:.1%}, E_gates {table.gate_energy / table.total_energy:.3%} of E_total",
             flush=True,
         )
-    optimizer = training.make_optimizer(momentum=config["momentum"], weight_decay=config["weight_decay"])
+    optimizer = training.make_optimizer(momentum=config["momentum"])
     return training.train_and_evaluate(
         model,
         data,
@@ -275,6 +300,8 @@ def run(config, make_model, make_data, top5=False):
         optimizer,
         top5=top5,
         verbose=config["verbose"],
+        keep_checkpoints=config.get("keep_checkpoints", 2),
+        pinned_epochs=config.get("pin_checkpoints", ()),
     )
 
 
