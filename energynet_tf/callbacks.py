@@ -219,6 +219,7 @@ class AlphaPhases(keras.callbacks.Callback):
             "alpha": self.schedule.alpha(self.phase, float("inf")),
             "epochs": epoch + 1 - self.phase_start_epoch,
             "val_accuracy": None if accuracy is None else float(accuracy),
+            "monitor": self.monitor,
             "ended_because": why,
         }
         self.phases.append(record)

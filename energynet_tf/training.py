@@ -235,8 +235,10 @@ def train_and_evaluate(
             schedule.phase1_epochs, schedule.lr1, steps_per_epoch,
             warmup_epochs=schedule.warmup_epochs, verbose=verbose)
     else:
+        # Tiny ImageNet's claim is top-5: its phases are decided on top-5 accuracy.
         phases = callbacks_lib.AlphaPhases(
             schedule, steps_per_epoch, verbose=verbose,
+            monitor="val_top5_accuracy" if top5 else "val_accuracy",
             validation_examples=data.num_validation_examples or None)
     max_epochs = phases.schedule.max_epochs
 

@@ -154,6 +154,27 @@ def test_labels_sizes_and_eval_images(archive):
     _streams_equal(collect(data.test), collect(data.validation))
 
 
+def test_validation_is_held_out_from_training_and_test_is_the_val_split(archive):
+    everything = load(archive["zip"], augment=False, batch_size=24)
+    all_images, all_labels = concat(collect(everything.train))
+    data = load(archive["zip"], augment=False, batch_size=4, validation_examples=8, eval_batch_size=8)
+    assert (data.num_train_examples, data.num_validation_examples, data.num_test_examples) == (16, 8, 8)
+    held_images, held_labels = concat(collect(data.validation))
+    # The last 8 of the class-interleaved order: two images of each class.
+    np.testing.assert_array_equal(np.bincount(held_labels, minlength=4), [2, 2, 2, 2])
+    train_images, _ = concat(collect(data.train))
+    flat = lambda a: {x.tobytes() for x in a}  # noqa: E731
+    assert not flat(held_images) & flat(train_images)
+    assert flat(held_images) <= flat(all_images)
+    _, test_labels = concat(collect(data.test))
+    np.testing.assert_array_equal(test_labels, [SORTED.index(w) for _, w in VAL])
+    # None: 10% rounded down to a multiple of the classes, at least one per class.
+    assert load(archive["zip"], validation_examples=None).num_validation_examples == 4
+    assert ti.default_validation_examples(100_000) == 10_000 and ti.default_validation_examples(5_000) == 400
+    with pytest.raises(ValueError, match="validation_examples must be smaller than the 24"):
+        load(archive["zip"], validation_examples=24)
+
+
 def test_grayscale_decoded_to_three_channels(archive):
     data = load(archive["root"], augment=False, batch_size=24)
     images, labels = concat(collect(data.train))

@@ -12,9 +12,13 @@ torchvision's `ImageFolder` over `train/`, which the reference code used).
 Order of the training part, from which `max_train_examples` keeps the first
 N: image k of every class (classes in label order, images in the numeric order
 of their file names) before image k + 1 of any class, so a prefix is
-class-balanced. Validation is the archive's `val` split in the order of
-`val_annotations.txt`; the archive's test split has no labels, so `test` is
-the same labelled `val` split (as in the papers that report Tiny ImageNet).
+class-balanced. `test` is the archive's labelled `val` split in the order of
+`val_annotations.txt` (its test split has no labels; the papers that report
+Tiny ImageNet report this split). Validation, which the alpha schedule decides
+on, is held out from the training images: the last `validation_examples` of
+the class-interleaved order (a multiple of 200 keeps it class-balanced), so
+that nothing is decided on the reported test set. `validation_examples=0`
+validates on the `val` split itself, as the authors' code did.
 
 Images are 64x64 JPEGs, some grayscale (decoded with 3 channels). Training
 augmentation: zero-pad 8, random 64x64 crop, random horizontal flip; then a
@@ -56,7 +60,8 @@ _FIX = (
 class TinyImageNetData(common.ClassificationData):
     """Tiny ImageNet datasets; see `common.ClassificationData` for the fields.
 
-    `test` is the labelled `val` split, the same examples as `validation`.
+    `test` is the labelled `val` split; `validation` is held out from the
+    training images (or is the `val` split when `validation_examples` is 0).
     """
 
     num_classes: int = NUM_CLASSES
@@ -283,6 +288,11 @@ def _example_fn(
     return example
 
 
+def default_validation_examples(num_train: int, num_classes: int = NUM_CLASSES) -> int:
+    """10% of the training images, rounded down to a multiple of the classes (at least one per class)."""
+    return max(num_classes, (num_train // 10) // num_classes * num_classes)
+
+
 def load_tiny_imagenet(
     path,
     *,
@@ -295,6 +305,7 @@ def load_tiny_imagenet(
     max_train_examples: Optional[int] = None,
     max_eval_examples: Optional[int] = None,
     augment: bool = True,
+    validation_examples: int = 0,
 ) -> TinyImageNetData:
     """Indexes Tiny ImageNet and builds the train/validation/test pipelines.
 
@@ -312,6 +323,10 @@ def load_tiny_imagenet(
         (class-balanced, see the module docstring).
       max_eval_examples: None, or keep only the first N val examples.
       augment: pad-8 random crop and random horizontal flip for training.
+      validation_examples: training images held out (from the end of the
+        class-interleaved order) as the validation set; None holds out
+        `default_validation_examples` of them; 0 validates on the `val`
+        split, which is also the test set.
 
     Returns:
       A `TinyImageNetData`: images float32 `[B, image_size, image_size, 3]`
@@ -336,16 +351,29 @@ def load_tiny_imagenet(
     ):
         if value is not None:
             common.check_positive_int(name, value)
+    if validation_examples is not None and (not common._is_int(validation_examples) or validation_examples < 0):
+        raise ValueError(f"validation_examples must be None or an integer >= 0, got {validation_examples!r}.")
 
     source = _open(path)
     try:
         wnids, train, val = read_index(source)
+        held = []
+        if validation_examples is None:
+            validation_examples = default_validation_examples(len(train), len(wnids))
+        if validation_examples:
+            if validation_examples >= len(train):
+                raise ValueError(
+                    f"validation_examples must be smaller than the {len(train)} training images, "
+                    f"got {validation_examples}.")
+            train, held = train[: len(train) - validation_examples], train[len(train) - validation_examples:]
         num_train = common.check_max_examples("max_train_examples", max_train_examples, len(train))
         num_val = common.check_max_examples("max_eval_examples", max_eval_examples, len(val))
         steps_per_epoch = common.check_steps(batch_size, num_train)
         train, val = train[:num_train], val[:num_val]
         train_encoded, train_is_path = source.encoded([rel for rel, _ in train])
         val_encoded, val_is_path = source.encoded([rel for rel, _ in val])
+        if held:
+            held_encoded, held_is_path = source.encoded([rel for rel, _ in held])
     finally:
         source.close()
     train_labels = tf.constant([label for _, label in train], tf.int32)
@@ -355,19 +383,27 @@ def load_tiny_imagenet(
         _example_fn(train_encoded, train_is_path, train_labels, image_size, augment), num_examples=num_train, batch_size=batch_size, seed=seed, augment=augment
     )
 
-    validation = common.make_eval_dataset(
+    test = common.make_eval_dataset(
         _example_fn(val_encoded, val_is_path, val_labels, image_size, False),
         num_examples=num_val,
         batch_size=eval_batch_size,
     )
+    validation = test
+    if held:
+        held_labels = tf.constant([label for _, label in held], tf.int32)
+        validation = common.make_eval_dataset(
+            _example_fn(held_encoded, held_is_path, held_labels, image_size, False),
+            num_examples=len(held),
+            batch_size=eval_batch_size,
+        )
 
     return TinyImageNetData(
         train=train_epochs(start_epoch, end_epoch),
         validation=validation,
-        test=validation,
+        test=test,
         steps_per_epoch=steps_per_epoch,
         num_train_examples=num_train,
-        num_validation_examples=num_val,
+        num_validation_examples=len(held) if held else num_val,
         num_classes=len(wnids),
         image_shape=(image_size, image_size, 3),
         num_test_examples=num_val,
