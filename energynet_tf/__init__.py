@@ -1,3 +1,64 @@
-"""EnergyNet-TF: energy-aware dynamic inference for TensorFlow/Keras."""
+"""EnergyNet-TF: energy-aware dynamic inference for TensorFlow/Keras.
+
+`import energynet_tf` registers the package's Keras objects (EnergyNet, its
+blocks, gate and metrics), so that `keras.saving.load_model(path,
+safe_mode=True)` loads a saved EnergyNet. Registration needs Keras, and
+importing Keras starts TensorFlow (seconds, and start-up lines on stderr),
+which the TensorFlow-free tools (the SCALE-Sim-compatible cost estimator, the
+command-line error paths) must not pay for. So: if Keras is already imported,
+the objects are registered now; otherwise right after Keras's first import.
+"""
+
+import importlib.abc
+import importlib.util
+import sys
 
 __version__ = "0.1.0"
+
+
+def register_keras_objects():
+    """Registers the package's Keras classes (imports TensorFlow and Keras)."""
+    from energynet_tf import model  # noqa: F401  (imports blocks, gates, metrics)
+
+
+class _RegisterAfterKeras(importlib.abc.MetaPathFinder):
+    """Runs `register_keras_objects` once `keras` has finished importing."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "keras":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("keras")
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        original = loader.exec_module
+
+        def exec_module(module):
+            original(module)
+            register_keras_objects()
+
+        # Wrap this one spec's loader call only.
+        spec.loader = _Loader(loader, exec_module)
+        return spec
+
+
+class _Loader(importlib.abc.Loader):
+    def __init__(self, loader, exec_module):
+        self._loader = loader
+        self._exec_module = exec_module
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._exec_module(module)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+if "keras" in sys.modules:
+    register_keras_objects()
+elif not any(isinstance(f, _RegisterAfterKeras) for f in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterAfterKeras())

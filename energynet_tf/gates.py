@@ -97,24 +97,44 @@ class RNNGate(keras.layers.Layer):
         return config
 
 
-def straight_through(probability, training, floor=None):
+def straight_through(probability, training, floor=None, noise=None, seed=None):
     """Returns the hard decision `probability > 0.5` as float.
 
     In training the value is the hard decision but its gradient is that of
     `probability` (straight-through estimator: `hard + p - stop_gradient(p)`).
 
+    With `noise` s > 0 (training only) the decision is taken on the logit plus
+    s times logistic noise, `logit(p) + s * L > 0`, and the gradient is that of
+    `sigmoid(logit(p) + s * L)` (the Gumbel-sigmoid straight-through estimator
+    of ConvNet-AIG). With s = 1 the decision is a sample of Bernoulli(p). Why:
+    deterministic straight-through gates settle where the energy term and the
+    cross-entropy's straight-through gradient cancel, which is p = 0.5 itself
+    (measured: mean |p - 0.5| = 0.001 on every gate), so inference decisions
+    flip on noise; sampled decisions make the network robust to skipping and
+    move each p towards 0 or 1. Inference always uses `p > 0.5`.
+
     Args:
         probability: gate probabilities, any shape.
-        training: whether to attach the straight-through gradient.
+        training: whether to attach the straight-through gradient (and noise).
         floor: None, or a scalar 0/1: with 1 every decision is 1 (the block
             runs) while the gradient still reaches `probability` (gate warm-up).
+        noise: None or a scalar >= 0: the scale of the logistic noise.
+        seed: a `keras.random.SeedGenerator` for the noise.
 
     Returns:
         A float tensor of 0s and 1s, shaped like `probability`.
     """
-    hard = ops.cast(ops.greater(probability, 0.5), probability.dtype)
+    soft = probability
+    if training and noise is not None:
+        p = ops.clip(probability, 1e-6, 1.0 - 1e-6)
+        u = keras.random.uniform(ops.shape(p), minval=1e-6, maxval=1.0 - 1e-6, dtype=p.dtype, seed=seed)
+        logistic = ops.log(u) - ops.log(1.0 - u)
+        logit = ops.log(p) - ops.log(1.0 - p)
+        soft = ops.sigmoid(logit + ops.cast(noise, p.dtype) * logistic)
+    hard = ops.cast(ops.greater(soft, 0.5), probability.dtype)
     if floor is not None:
         hard = ops.maximum(hard, ops.cast(floor, probability.dtype))
     if training:
-        return hard + probability - ops.stop_gradient(probability)
+        # (soft - stop_gradient(soft)) is exactly 0 in value: decisions stay exactly 0 or 1.
+        return hard + (soft - ops.stop_gradient(soft))
     return hard

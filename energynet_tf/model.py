@@ -66,6 +66,11 @@ class EnergyNet(keras.Model):
         gate_lr_multiplier: initial value of `gate_lr_multiplier`, a
             non-trainable variable that scales the gates' gradients (their
             learning rate with SGD); 0 freezes the gates. Callbacks change it.
+        gate_noise: initial value of `gate_noise`, a non-trainable variable:
+            the scale of the logistic noise on the gates' logits in training
+            (1: each decision is a Bernoulli(p) sample; 0: deterministic
+            `p > 0.5`); see `gates.straight_through`. Inference is always
+            deterministic.
         **kwargs: base model arguments (`name`, ...).
 
     Raises:
@@ -86,6 +91,7 @@ class EnergyNet(keras.Model):
         weight_decay=0.0,
         zero_init_residual=False,
         gate_lr_multiplier=1.0,
+        gate_noise=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -103,7 +109,8 @@ class EnergyNet(keras.Model):
         alpha = float(alpha)
         if not np.isfinite(alpha) or alpha < 0:
             raise ValueError(f"Argument `alpha` must be finite and >= 0; received: {alpha!r}")
-        for name, value in (("weight_decay", weight_decay), ("gate_lr_multiplier", gate_lr_multiplier)):
+        for name, value in (("weight_decay", weight_decay), ("gate_lr_multiplier", gate_lr_multiplier),
+                            ("gate_noise", gate_noise)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
                 raise ValueError(f"Argument `{name}` must be a finite number >= 0; received: {value!r}")
         self.weight_decay = float(weight_decay)
@@ -152,6 +159,13 @@ class EnergyNet(keras.Model):
             initializer=keras.initializers.Constant(float(gate_lr_multiplier)),
             trainable=False,
         )
+        self.gate_noise = self.add_weight(
+            name="gate_noise",
+            shape=(),
+            initializer=keras.initializers.Constant(float(gate_noise)),
+            trainable=False,
+        )
+        self._noise_seed = keras.random.SeedGenerator(1337, name="gate_noise_seed")
         self.energy_tracker = metrics_lib.EnergyMetrics(self.energy_table, name="energy_metrics")
         self.skip_tracker = metrics_lib.SkipRatios(self.num_gates, name="skip_ratios")
         self.ce_tracker = keras.metrics.Mean(name="cross_entropy")
@@ -262,7 +276,8 @@ class EnergyNet(keras.Model):
                 m = gate_override[:, i - 1]
             else:
                 m = gates_lib.straight_through(
-                    p, training, floor=self.gates_forced_open if training else None)
+                    p, training, floor=self.gates_forced_open if training else None,
+                    noise=self.gate_noise if training else None, seed=self._noise_seed)
             probabilities.append(p)
             masks.append(m)
             x = block(x, decision=m, training=training)
@@ -365,13 +380,14 @@ class EnergyNet(keras.Model):
 
     # -- serialisation ----------------------------------------------------------
     def load_own_variables(self, store):
-        """Loads `alpha`, `gates_forced_open` and `gate_lr_multiplier`.
+        """Loads the model's own variables (`alpha`, `gates_forced_open`, ...).
 
-        Files saved before the later variables existed hold only the first
-        one or two; the missing ones keep their constructor values.
+        Files saved before gate warm-up existed hold `alpha` only, files of
+        the next version also `gates_forced_open`; the missing ones keep
+        their constructor values.
         """
-        variables = (self.alpha, self.gates_forced_open, self.gate_lr_multiplier)
-        if len(store.keys()) < len(variables):
+        variables = (self.alpha, self.gates_forced_open, self.gate_lr_multiplier, self.gate_noise)
+        if len(store.keys()) <= 2:
             for i in range(len(store.keys())):
                 variables[i].assign(store[str(i)])
             return
@@ -394,6 +410,7 @@ class EnergyNet(keras.Model):
                 "zero_init_residual": self.zero_init_residual,
                 "gate_lr_multiplier": (
                     float(self.gate_lr_multiplier.numpy()) if hasattr(self, "gate_lr_multiplier") else 1.0),
+                "gate_noise": float(self.gate_noise.numpy()) if hasattr(self, "gate_noise") else 0.0,
             }
         )
         return config

@@ -111,3 +111,30 @@ def test_straight_through_floor_opens_every_gate_but_keeps_the_gradient():
     np.testing.assert_array_equal(m.numpy(), [1.0, 1.0])
     np.testing.assert_allclose(tape.gradient(loss, p).numpy(), [1.0, 2.0])
     np.testing.assert_array_equal(gates.straight_through(p, True, floor=tf.constant(0.0)).numpy(), [0.0, 1.0])
+
+
+def test_noisy_straight_through_samples_bernoulli_p_in_training_only():
+    seed = keras.random.SeedGenerator(0)
+    p = tf.constant(np.tile([0.1, 0.5, 0.8, 0.97], (20000, 1)).astype("float32"))
+    m = gates.straight_through(p, training=True, noise=tf.constant(1.0), seed=seed).numpy()
+    assert set(np.unique(m)) <= {0.0, 1.0}
+    np.testing.assert_allclose(m.mean(0), [0.1, 0.5, 0.8, 0.97], atol=0.015)
+    # Inference ignores the noise; noise 0 is the deterministic estimator.
+    np.testing.assert_array_equal(gates.straight_through(p[:1], training=False, noise=tf.constant(1.0)).numpy(),
+                                  [[0.0, 0.0, 1.0, 1.0]])
+    np.testing.assert_array_equal(
+        gates.straight_through(p[:1], training=True, noise=tf.constant(0.0), seed=seed).numpy(),
+        [[0.0, 0.0, 1.0, 1.0]])
+
+
+def test_noisy_straight_through_gradient_is_that_of_the_noisy_sigmoid():
+    # d sigmoid(logit(p) + L) / dp = s (1 - s) / (p (1 - p)), s the noisy sigmoid.
+    p = tf.Variable(np.full((20000,), 0.5, "float32"))
+    with tf.GradientTape() as tape:
+        m = gates.straight_through(p, training=True, noise=tf.constant(1.0), seed=keras.random.SeedGenerator(1))
+        loss = tf.reduce_sum(m)
+    grad = tape.gradient(loss, p).numpy()
+    assert np.all(grad > 0) and np.all(np.isfinite(grad))
+    # At p = 0.5, s = sigmoid(L) is uniform on (0, 1): E[s (1 - s)] = 1/6, and
+    # 1 / (p (1 - p)) = 4, so the mean gradient is 2/3.
+    assert grad.mean() == pytest.approx(2 / 3, rel=0.03)

@@ -47,6 +47,7 @@ def define_flags(default_depth, default_batch_size=128):
     flags.DEFINE_float("weight_decay", 1e-4, "Coupled L2 weight decay on every weight (its gradient weight_decay * w is added, as in the CIFAR ResNet recipe).")
     flags.DEFINE_boolean("zero_init_residual", True, "Start each residual branch's last BN gamma at zero (blocks begin as their shortcuts).")
     flags.DEFINE_float("gate_lr_multiplier", 1.0, "The gates' learning rate as a multiple of the backbone's.")
+    flags.DEFINE_float("gate_noise", 1.0, "Scale of the logistic noise on the gates' logits in training (1: each decision is a Bernoulli(p) sample; 0: deterministic p > 0.5).")
     flags.DEFINE_integer("alpha_ramp_epochs", 0, "Phase II ramps alpha linearly from alpha1 to alpha2 over this many epochs (0: a step).")
     flags.DEFINE_float("restore_z", 0.0, "Phase III runs if phase II lost more than restore_threshold plus this many standard errors of validation accuracy (0: the paper's test).")
     flags.DEFINE_integer("keep_checkpoints", 2, "Epoch checkpoints to keep in model_dir/checkpoints.")
@@ -97,7 +98,7 @@ def check_flags(extra_config):
         if value < 0:
             raise UsageError(f"--{name}={value} must be >= 0")
     for name in ("alpha1", "alpha2", "alpha3", "lr1", "lr2", "lr3", "restore_threshold", "weight_decay", "momentum",
-                 "gate_lr_multiplier", "restore_z"):
+                 "gate_lr_multiplier", "restore_z", "gate_noise"):
         value = getattr(FLAGS, name)
         if not (value >= 0 and value < float("inf")):
             raise UsageError(f"--{name}={value} must be a finite number >= 0")
@@ -144,6 +145,7 @@ def check_flags(extra_config):
         "weight_decay": FLAGS.weight_decay,
         "zero_init_residual": FLAGS.zero_init_residual,
         "gate_lr_multiplier": FLAGS.gate_lr_multiplier,
+        "gate_noise": FLAGS.gate_noise,
         "alpha_ramp_epochs": FLAGS.alpha_ramp_epochs,
         "restore_z": FLAGS.restore_z,
         "momentum": FLAGS.momentum,
@@ -214,6 +216,7 @@ def build_model(config, num_classes, image_shape):
         weight_decay=config.get("weight_decay", 0.0),
         zero_init_residual=config.get("zero_init_residual", False),
         gate_lr_multiplier=config.get("gate_lr_multiplier", 1.0),
+        gate_noise=config.get("gate_noise", 0.0),
     )
 
 

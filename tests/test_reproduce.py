@@ -1,0 +1,151 @@
+"""Tests of tools/reproduce.py: the side-by-side reproduction, on tiny generated data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tools import reproduce
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = ("depth=8,epochs=3,branch_epoch=1,phase1_epochs=1,phase2_epochs=1,phase3_epochs=0,"
+        "batch_size=16,max_train_examples=64,validation_examples=50,lr1=0.05,lr2=0.05")
+
+
+@pytest.fixture(scope="module")
+def fake_data_dir(tmp_path_factory):
+    from energynet_tf.data import testing
+
+    return testing.make_fake_cifar10(str(tmp_path_factory.mktemp("cifar")))
+
+
+def run_tool(*args, timeout=400):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("TFDS_DATA_DIR", None)
+    return subprocess.run([sys.executable, "-m", "tools.reproduce", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def error_lines(result):
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="module")
+def reproduction(fake_data_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("repro") / "out")
+    result = run_tool(f"--data_dir={fake_data_dir}", f"--out={out}", f"--set={TINY}",
+                      "--speed_rounds=1", "--speed_steps=1")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return out, result
+
+
+def test_writes_results_table_and_figure(reproduction):
+    out, result = reproduction
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    for arm in ("baseline", "energynet"):
+        for key in ("test_accuracy", "energy_savings", "block_energy_savings", "mac_savings",
+                    "skip_ratio_per_block", "wall_seconds"):
+            assert key in results[arm], (arm, key)
+    assert results["baseline"]["energy_savings"] == 0
+    assert len(results["energynet"]["skip_ratio_per_block"]) == 2
+    assert results["accuracy_drop_points"] == pytest.approx(
+        100 * (results["baseline"]["test_accuracy"] - results["energynet"]["test_accuracy"]))
+    assert isinstance(results["goal"]["met"], bool)
+    assert len(results["training_step_time"]["step_time_ratio_per_round"]) == 1
+    assert results["commit"]
+    markdown = open(os.path.join(out, "results.md")).read()
+    assert "| baseline |" in markdown and "| EnergyNet |" in markdown and "Goal" in markdown
+    with open(os.path.join(out, "accuracy_vs_energy.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "[reproduce] 1/3 baseline" in result.stdout and "[reproduce] 2/3 EnergyNet" in result.stdout
+
+
+def test_energynet_spends_the_same_epoch_budget_from_the_baselines_checkpoint(reproduction):
+    out, _ = reproduction
+    with open(os.path.join(out, "baseline", "metrics.json")) as f:
+        baseline = json.load(f)
+    with open(os.path.join(out, "energynet", "config.json")) as f:
+        energynet_config = json.load(f)
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    assert baseline["epochs"] == 3
+    assert energynet_config["init_from"].endswith(os.path.join("baseline", "checkpoints", "epoch-0001.keras"))
+    # The branch checkpoint is pinned: kept although later epochs were saved.
+    assert os.path.exists(energynet_config["init_from"])
+    assert results["energynet_epochs_counted"] <= 3
+    assert energynet_config["seed"] == json.load(open(os.path.join(out, "baseline", "config.json")))["seed"]
+
+
+def test_rerun_resumes_without_training_again_and_ships_the_models(reproduction, fake_data_dir, tmp_path):
+    import hashlib
+
+    import keras
+    import numpy as np
+
+    import energynet_tf  # noqa: F401
+
+    out, _ = reproduction
+    before = json.load(open(os.path.join(out, "results.json")))
+    ship = tmp_path / "models"
+    result = run_tool(f"--data_dir={fake_data_dir}", f"--out={out}", f"--set={TINY}", "--speed_rounds=1",
+                      "--speed_steps=1", f"--ship_dir={ship}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "baseline: finished earlier" in result.stdout and "energynet: finished earlier" in result.stdout
+    after = json.load(open(os.path.join(out, "results.json")))
+    assert after["baseline"] == before["baseline"] and after["energynet"] == before["energynet"]
+    assert after["training_step_time"] == before["training_step_time"]
+    lines = (ship / "SHA256SUMS").read_text().splitlines()
+    assert [line.split()[1] for line in lines] == ["cifar10/baseline/model.keras", "cifar10/energynet/model.keras"]
+    x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")
+    for line in lines:
+        digest, rel = line.split()
+        assert hashlib.sha256((ship / rel).read_bytes()).hexdigest() == digest
+        shipped = keras.saving.load_model(ship / rel, safe_mode=True)
+        assert shipped.optimizer is None
+        trained = keras.saving.load_model(os.path.join(out, rel.split("/")[1], "model.keras"), compile=False)
+        np.testing.assert_array_equal(shipped.predict(x, verbose=0), trained.predict(x, verbose=0))
+    readme = (ship / "README.md").read_text()
+    assert "python -m tools.reproduce" in readme and "test accuracy" in readme
+
+
+def test_another_configuration_in_the_same_out_is_refused(reproduction, fake_data_dir):
+    out, _ = reproduction
+    result = run_tool(f"--data_dir={fake_data_dir}", f"--out={out}", f"--set={TINY},seed=3")
+    assert result.returncode == 2
+    assert len(error_lines(result)) == 1 and "another configuration" in error_lines(result)[0]
+
+
+@pytest.mark.parametrize("setting, needle", [
+    ("depht=8", "key=value with a key from"),
+    ("epochs=ten", "must be a number"),
+    ("epochs=30,branch_epoch=20,phase1_epochs=1", "must fill the budget"),
+    ("branch_epoch=40", "branch_epoch must be in"),
+])
+def test_bad_settings_get_one_line(setting, needle, tmp_path):
+    result = run_tool("--data_dir=/nonexistent", f"--out={tmp_path}", f"--set={setting}")
+    assert result.returncode == 2
+    assert len(error_lines(result)) == 1 and needle in error_lines(result)[0], result.stderr[-1000:]
+
+
+def test_missing_data_fails_fast_with_one_line(tmp_path):
+    result = run_tool(f"--data_dir={tmp_path}/nothing", f"--out={tmp_path}/o", f"--set={TINY}", timeout=120)
+    assert result.returncode == 2
+    assert "the baseline run failed" in error_lines(result)[0]
+
+
+def test_presets_fill_their_budgets():
+    for name, preset in reproduce.PRESETS.items():
+        gated = preset.phase1_epochs + preset.phase2_epochs + preset.phase3_epochs
+        assert preset.branch_epoch + gated == preset.epochs, name
+    paper = reproduce.PRESETS["paper"]
+    assert (paper.depth, paper.epochs) == (38, 220)
+
+
+def test_overrides_are_typed():
+    preset = reproduce.parse_overrides(reproduce.PRESETS["cpu"], "seed=4,alpha2=0.5,max_train_examples=none")
+    assert (preset.seed, preset.alpha2, preset.max_train_examples) == (4, 0.5, None)
+    assert isinstance(preset.seed, int) and isinstance(preset.alpha2, float)

@@ -1,0 +1,503 @@
+"""The baseline and EnergyNet side by side: same data, seed and epoch budget.
+
+    python -m tools.reproduce --preset=cpu --data_dir=../shared/data/tensorflow_datasets --out=runs/reproduce
+
+Trains the baseline (the same ResNet without gates) for `epochs` epochs, then
+EnergyNet for the same number of epochs in all: EnergyNet's first
+`branch_epoch` epochs are its gate warm-up, in which every block runs and the
+gates are frozen, which is exactly the baseline's training, so they are not
+rerun: EnergyNet starts from the baseline's checkpoint of that epoch and
+trains its gates through the three alpha phases for the remaining epochs.
+Both are evaluated on the whole test split. Writes `O/results.json`,
+`O/results.md` and `O/accuracy_vs_energy.png`; the two runs live in
+`O/baseline/` and `O/energynet/` (each a normal trainer run directory). Rerun
+the same command to resume after an interruption; finished runs are not rerun.
+
+Presets (BUILD.md, "Reproduction", says why): `cpu` fits 150 minutes on a
+2-core CPU; `paper` is the paper's ResNet-38 budget (160/40/20 epochs), for a
+GPU machine. `--set=key=value,...` changes preset fields (a shorter
+configuration, other seeds); unknown keys are refused.
+"""
+
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+from energynet_tf import cli
+from energynet_tf.cli import UsageError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Goal of the reproduction (issue: "energy savings at the baseline's accuracy").
+GOAL_MAX_ACCURACY_DROP = 0.3  # points
+GOAL_MIN_ENERGY_SAVINGS = 0.40
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """One side-by-side reproduction.
+
+    Attributes:
+        depth: CIFAR ResNet depth of both arms.
+        epochs: training epochs of each arm (EnergyNet's include its warm-up).
+        branch_epoch: EnergyNet's gate warm-up: it starts from the baseline's
+            checkpoint of this epoch.
+        phase1_epochs, phase2_epochs, phase3_epochs: EnergyNet's gated epochs
+            after the warm-up (phase III runs only if phase II lost accuracy);
+            they add up to `epochs - branch_epoch`.
+        alpha1, alpha2, alpha3: energy weights of the phases.
+        lr: the baseline's peak learning rate (cosine decay to 0 over `epochs`).
+        lr1, lr2, lr3: peak learning rates of EnergyNet's phases (cosine
+            decay within each phase).
+        gate_lr_multiplier: the gates' learning rate over the backbone's.
+        gate_noise: scale of the logistic noise on the gates' logits in
+            training (1: sampled decisions; `gates.straight_through`).
+        alpha_ramp_epochs: phase II ramps alpha over this many epochs.
+        restore_threshold, restore_z: the phase III test (`callbacks.PhaseSchedule`).
+        weight_decay: coupled L2 weight decay of both arms.
+        batch_size: training batch size.
+        seed: seed of both arms.
+        max_train_examples: train on the first N training examples (None: all).
+        validation_examples: examples held out from the training split.
+    """
+
+    depth: int
+    epochs: int
+    branch_epoch: int
+    phase1_epochs: int
+    phase2_epochs: int
+    phase3_epochs: int
+    alpha1: float = 0.1
+    alpha2: float = 0.9
+    alpha3: float = 0.1
+    lr: float = 0.1
+    lr1: float = 0.01
+    lr2: float = 0.01
+    lr3: float = 0.001
+    gate_lr_multiplier: float = 1.0
+    gate_noise: float = 1.0
+    alpha_ramp_epochs: int = 0
+    restore_threshold: float = 0.1
+    restore_z: float = 1.0
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    seed: int = 0
+    max_train_examples: int = None
+    validation_examples: int = 5000
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "max_train_examples" and value is None:
+                continue
+            if f.type is int and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise UsageError(f"preset field {f.name} must be an int >= 0; received: {value!r}")
+            if f.type is float and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
+                raise UsageError(f"preset field {f.name} must be a number >= 0; received: {value!r}")
+        if not 1 <= self.branch_epoch < self.epochs:
+            raise UsageError(
+                f"preset field branch_epoch must be in [1, epochs={self.epochs}); received: {self.branch_epoch}")
+        gated = self.phase1_epochs + self.phase2_epochs + self.phase3_epochs
+        if gated != self.epochs - self.branch_epoch:
+            raise UsageError(
+                f"EnergyNet's phases must fill the budget: phase1_epochs + phase2_epochs + phase3_epochs = "
+                f"{gated}, but epochs - branch_epoch = {self.epochs - self.branch_epoch}")
+        if self.phase1_epochs < 1:
+            raise UsageError(f"preset field phase1_epochs must be >= 1; received: {self.phase1_epochs}")
+
+    def baseline_flags(self):
+        return self._common_flags() + [
+            "--baseline", f"--phase1_epochs={self.epochs}", f"--lr1={self.lr}",
+            f"--pin_checkpoints={self.branch_epoch}",
+        ]
+
+    def energynet_flags(self, branch_checkpoint):
+        return self._common_flags() + [
+            f"--init_from={branch_checkpoint}",
+            f"--phase1_epochs={self.phase1_epochs}", f"--phase2_epochs={self.phase2_epochs}",
+            f"--phase3_epochs={self.phase3_epochs}",
+            f"--alpha1={self.alpha1}", f"--alpha2={self.alpha2}", f"--alpha3={self.alpha3}",
+            f"--lr1={self.lr1}", f"--lr2={self.lr2}", f"--lr3={self.lr3}",
+            f"--gate_lr_multiplier={self.gate_lr_multiplier}", f"--gate_noise={self.gate_noise}",
+            f"--alpha_ramp_epochs={self.alpha_ramp_epochs}",
+            f"--restore_threshold={self.restore_threshold}", f"--restore_z={self.restore_z}",
+        ]
+
+    def _common_flags(self):
+        out = [
+            f"--depth={self.depth}", f"--batch_size={self.batch_size}", f"--seed={self.seed}",
+            f"--weight_decay={self.weight_decay}", f"--validation_examples={self.validation_examples}",
+        ]
+        if self.max_train_examples is not None:
+            out.append(f"--max_train_examples={self.max_train_examples}")
+        return out
+
+
+PRESETS = {
+    # Chosen in BUILD.md, "Reproduction": the most faithful comparison that
+    # fits 150 minutes here.
+    "cpu": Preset(depth=20, epochs=30, branch_epoch=20, phase1_epochs=3, phase2_epochs=5, phase3_epochs=2),
+    # The paper's ResNet-38 and phase lengths; the warm-up is its phase I.
+    "paper": Preset(depth=38, epochs=220, branch_epoch=160, phase1_epochs=20, phase2_epochs=30,
+                    phase3_epochs=10),
+}
+
+
+def parse_overrides(preset, text):
+    """Returns `preset` with the `key=value,...` changes of `text` applied.
+
+    Raises:
+        UsageError: for an unknown key or a value of the wrong type.
+    """
+    if not text:
+        return preset
+    fields = {f.name: f for f in dataclasses.fields(Preset)}
+    changes = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            raise UsageError(f"--set: {item!r} is not key=value with a key from {sorted(fields)}")
+        kind = fields[key].type
+        try:
+            if key == "max_train_examples" and value.lower() in ("none", ""):
+                changes[key] = None
+            elif kind is int or key == "max_train_examples":
+                changes[key] = int(value)
+            else:
+                changes[key] = float(value)
+        except ValueError:
+            raise UsageError(f"--set: {key}={value!r} must be a number") from None
+    return dataclasses.replace(preset, **changes)
+
+
+def _git_commit():
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("+uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _run_trainer(name, model_dir, trainer_flags, data_dir, log):
+    """Runs (or resumes) one trainer; returns its metrics. Output goes to the console and `log`."""
+    metrics_path = os.path.join(model_dir, "metrics.json")
+    if os.path.exists(metrics_path):
+        print(f"[reproduce] {name}: finished earlier ({metrics_path})", flush=True)
+        with open(metrics_path) as f:
+            return json.load(f)
+    command = [sys.executable, "-m", "trainers.cifar", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+               *trainer_flags]
+    print(f"[reproduce] {name}: {' '.join(command[1:])}", flush=True)
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with open(log, "a") as log_file:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        for line in process.stdout:
+            log_file.write(line)
+            log_file.flush()
+            if not _is_runtime_chatter(line):
+                print(f"  {name}: {line}", end="", flush=True)
+        status = process.wait()
+    if status != 0:
+        raise UsageError(f"the {name} run failed (exit status {status}); its output is in {log}")
+    with open(metrics_path) as f:
+        return json.load(f)
+
+
+def _is_runtime_chatter(line):
+    # TensorFlow's C++ start-up lines; everything of ours is kept.
+    return line.startswith(("WARNING: All log messages", "I0000", "W0000", "To enable the following"))
+
+
+def _step_time_ratio(preset, repeats, steps):
+    """EnergyNet's training-step time over the baseline's, measured alternately in fresh processes."""
+    from tools import bench_train_speed
+
+    rates = {"energynet": [], "baseline": []}
+    for r in range(repeats):
+        for name in ("energynet", "baseline"):
+            rates[name].append(bench_train_speed.measure(
+                preset.depth, preset.batch_size, steps, baseline=name == "baseline"))
+        print(f"[reproduce] step time, round {r + 1}/{repeats}: EnergyNet {rates['energynet'][-1]:.0f} img/s, "
+              f"baseline {rates['baseline'][-1]:.0f} img/s", flush=True)
+    ratios = [b / e for e, b in zip(rates["energynet"], rates["baseline"])]
+    return {
+        "energynet_images_per_s": rates["energynet"],
+        "baseline_images_per_s": rates["baseline"],
+        "step_time_ratio_per_round": ratios,
+        "step_time_ratio_median": statistics.median(ratios),
+        "steps": steps,
+        "batch_size": preset.batch_size,
+    }
+
+
+def summarise(preset_name, preset, baseline, energynet, speed, commit, wall_seconds, command):
+    """The results dict written to results.json."""
+    drop = 100.0 * (baseline["test_accuracy"] - energynet["test_accuracy"])
+    met = drop <= GOAL_MAX_ACCURACY_DROP and energynet["energy_savings"] >= GOAL_MIN_ENERGY_SAVINGS
+
+    def arm(m):
+        return {key: m.get(key) for key in (
+            "test_accuracy", "energy_savings", "block_energy_savings", "mac_savings", "normalised_energy",
+            "skip_ratio_per_block", "phases", "phase3_reason", "epochs", "wall_seconds", "final_val_accuracy",
+            "final_val_energy_savings")}
+
+    return {
+        "preset": preset_name,
+        "config": dataclasses.asdict(preset),
+        "command": command,
+        "commit": commit,
+        "baseline": arm(baseline),
+        "energynet": arm(energynet),
+        "baseline_energy": baseline["baseline_energy"],
+        "accuracy_drop_points": drop,
+        "goal": {
+            "max_accuracy_drop_points": GOAL_MAX_ACCURACY_DROP,
+            "min_energy_savings": GOAL_MIN_ENERGY_SAVINGS,
+            "met": met,
+        },
+        "training_step_time": speed,
+        "wall_seconds": wall_seconds,
+        "energynet_epochs_counted": preset.branch_epoch + energynet["epochs"],
+    }
+
+
+def results_markdown(results):
+    """The side-by-side table of results.md."""
+    b, e = results["baseline"], results["energynet"]
+    c = results["config"]
+    pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
+    lines = [
+        f"# EnergyNet-{c['depth']} vs its baseline on CIFAR-10 (preset `{results['preset']}`)",
+        "",
+        f"Command: `{results['command']}`  ",
+        f"Commit: `{results['commit']}`  ",
+        f"Budget: {c['epochs']} epochs each (EnergyNet: {c['branch_epoch']} warm-up epochs shared with the "
+        f"baseline, then phases of {c['phase1_epochs']}/{c['phase2_epochs']}/{c['phase3_epochs']} epochs at "
+        f"most; it ran {results['energynet_epochs_counted']} in all), seed {c['seed']}, batch {c['batch_size']}"
+        + (f", first {c['max_train_examples']} training images" if c["max_train_examples"] else "")
+        + f"; test: the 10,000-image CIFAR-10 test split.",
+        "",
+        "| | test accuracy | energy savings (gates charged) | block-only savings | MAC savings | epochs | wall |",
+        "|---|---|---|---|---|---|---|",
+        f"| baseline | {pct(b['test_accuracy'])} | 0 | 0 | 0 | {b['epochs']} | {b['wall_seconds']:.0f} s |",
+        f"| EnergyNet | {pct(e['test_accuracy'])} | {pct(e['energy_savings'])} | {pct(e['block_energy_savings'])} "
+        f"| {pct(e['mac_savings'])} | {c['branch_epoch']} + {e['epochs']} | {e['wall_seconds']:.0f} s "
+        f"(+ the baseline's first {c['branch_epoch']} epochs) |",
+        "",
+        f"Accuracy difference: {-results['accuracy_drop_points']:+.2f} points. Goal (at most "
+        f"{results['goal']['max_accuracy_drop_points']} points below the baseline, at least "
+        f"{100 * results['goal']['min_energy_savings']:.0f}% energy savings): "
+        f"**{'met' if results['goal']['met'] else 'not met'}**.",
+        "",
+        "Per-block skip ratios on the test set (gated blocks 1..N): "
+        + ", ".join(f"{r:.2f}" for r in e["skip_ratio_per_block"]) + ".",
+        "",
+        "EnergyNet's phases: " + "; ".join(
+            f"phase {p['phase']} (alpha {p['alpha']}, {p['epochs']} epochs): validation accuracy "
+            f"{pct(p['val_accuracy'])}" for p in e["phases"]) + f". {e['phase3_reason'] or ''}",
+    ]
+    speed = results.get("training_step_time")
+    if speed:
+        lines += [
+            "",
+            f"Training-step time, EnergyNet over baseline (measured alternately in fresh processes, "
+            f"{speed['steps']} steps of batch {speed['batch_size']}, {len(speed['step_time_ratio_per_round'])} "
+            f"rounds): median {speed['step_time_ratio_median']:.2f}x (rounds: "
+            + ", ".join(f"{r:.2f}" for r in speed["step_time_ratio_per_round"]) + ").",
+        ]
+    lines += ["", f"Wall time of the whole reproduction: {results['wall_seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def plot(results, baseline_history, energynet_history, path):
+    """accuracy_vs_energy.png: test points of both arms with EnergyNet's validation path, and skip ratios."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    b, e = results["baseline"], results["energynet"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.3, 1]})
+    gated = [h for h in energynet_history if "val_energy_savings" in h]
+    if gated:
+        left.plot([100 * h["val_energy_savings"] for h in gated], [100 * h["val_accuracy"] for h in gated],
+                  "-o", color="tab:orange", alpha=0.45, ms=3, label="EnergyNet, validation after each epoch")
+    base_val = [h["val_accuracy"] for h in baseline_history if "val_accuracy" in h]
+    if base_val:
+        left.axhline(100 * base_val[-1], color="tab:blue", ls=":", lw=1,
+                     label=f"baseline, validation ({100 * base_val[-1]:.2f}%)")
+    left.plot([0], [100 * b["test_accuracy"]], "s", color="tab:blue", ms=9,
+              label=f"baseline, test ({100 * b['test_accuracy']:.2f}%)")
+    left.plot([100 * e["energy_savings"]], [100 * e["test_accuracy"]], "*", color="tab:red", ms=14,
+              label=f"EnergyNet, test ({100 * e['test_accuracy']:.2f}%, {100 * e['energy_savings']:.1f}% saved)")
+    goal = results["goal"]
+    left.axvspan(100 * goal["min_energy_savings"], 100, ymin=0, ymax=1, color="tab:green", alpha=0.06)
+    left.axhline(100 * b["test_accuracy"] - goal["max_accuracy_drop_points"], color="tab:green", lw=1, ls="--",
+                 label="goal: >= 40% saved, <= 0.3 points lost")
+    left.set_xlabel("energy savings, gates charged (%)")
+    left.set_ylabel("accuracy (%)")
+    left.set_xlim(-2, 100)
+    ys = [100 * b["test_accuracy"], 100 * e["test_accuracy"]] + [100 * h["val_accuracy"] for h in gated]
+    left.set_ylim(min(ys) - 2, max(ys) + 1.5)
+    left.grid(alpha=0.3)
+    left.legend(fontsize=7.5, loc="lower left")
+    left.set_title(f"CIFAR-10, ResNet-{results['config']['depth']}, {results['config']['epochs']} epochs each")
+    ratios = e["skip_ratio_per_block"]
+    right.bar(range(1, len(ratios) + 1), [100 * r for r in ratios], color="tab:orange")
+    right.set_xlabel("gated block")
+    right.set_ylabel("test images that skip it (%)")
+    right.set_ylim(0, 100)
+    right.set_xticks(range(1, len(ratios) + 1))
+    right.grid(axis="y", alpha=0.3)
+    right.set_title("EnergyNet's per-block skip ratio")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def ship_models(out, results, ship_dir):
+    """Writes both trained models without optimizer state, SHA256SUMS and a README to `ship_dir`.
+
+    Layout: `ship_dir/cifar10/{baseline,energynet}/model.keras`, `ship_dir/SHA256SUMS`
+    (`sha256sum -c` format, paths relative to `ship_dir`) and `ship_dir/README.md`.
+    """
+    import hashlib
+
+    import keras
+
+    import energynet_tf  # noqa: F401  (registers the classes)
+    from energynet_tf import io_utils
+
+    sums = []
+    for arm in ("baseline", "energynet"):
+        model = keras.saving.load_model(os.path.join(out, arm, "model.keras"), compile=False)
+        rel = os.path.join("cifar10", arm, "model.keras")
+        io_utils.atomic_save_model(model, os.path.join(ship_dir, rel))  # not compiled: no optimizer state
+        with open(os.path.join(ship_dir, rel), "rb") as f:
+            sums.append(f"{hashlib.sha256(f.read()).hexdigest()}  {rel}")
+    io_utils.atomic_write_text(os.path.join(ship_dir, "SHA256SUMS"), "\n".join(sums) + "\n")
+    b, e = results["baseline"], results["energynet"]
+    c = results["config"]
+    readme = "\n".join([
+        "# Trained models",
+        "",
+        f"The `{results['preset']}` preset of `tools.reproduce` (ResNet-{c['depth']}, CIFAR-10, {c['epochs']} "
+        "epochs each), trained on this project's 2-core CPU machine.",
+        "",
+        f"- Command: `{results['command']}`",
+        f"- Commit: `{results['commit']}`",
+        "",
+        "| model | test accuracy (10,000 images) | energy savings (gates charged) | block-only savings | MAC savings |",
+        "|---|---|---|---|---|",
+        f"| `cifar10/baseline/model.keras` | {100 * b['test_accuracy']:.2f}% | 0 | 0 | 0 |",
+        f"| `cifar10/energynet/model.keras` | {100 * e['test_accuracy']:.2f}% | {100 * e['energy_savings']:.2f}% "
+        f"| {100 * e['block_energy_savings']:.2f}% | {100 * e['mac_savings']:.2f}% |",
+        "",
+        "Load them (the package import registers the classes):",
+        "",
+        "```python",
+        "import keras",
+        "import energynet_tf",
+        "",
+        'model = keras.saving.load_model("models/cifar10/energynet/model.keras", safe_mode=True)',
+        "out = model.forward(images)  # images normalised as energynet_tf.data.cifar does",
+        "```",
+        "",
+        "Inputs are 32x32x3 float images normalised with the CIFAR-10 training mean and std "
+        "(`energynet_tf.data.cifar.MEAN`, `STD`). Check the files with `sha256sum -c SHA256SUMS` here.",
+        "",
+    ])
+    io_utils.atomic_write_text(os.path.join(ship_dir, "README.md"), readme)
+
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+    flags.DEFINE_enum("preset", "cpu", sorted(PRESETS), "Which reproduction: cpu (150 minutes on 2 cores) or paper (GPU).")
+    flags.DEFINE_string("data_dir", None, "tfds data directory holding cifar10/3.0.2 (or set TFDS_DATA_DIR).")
+    flags.DEFINE_string("out", None, "Output directory: results.json, results.md, accuracy_vs_energy.png and the two runs.")
+    flags.DEFINE_string("set", "", "Changes to the preset, key=value,... (e.g. seed=1,epochs=10,branch_epoch=6,...).")
+    flags.DEFINE_integer("speed_rounds", 3, "Rounds of the side-by-side training-step timing (0: skip it).")
+    flags.DEFINE_integer("speed_steps", 10, "Timed training steps per round and arm.")
+    flags.DEFINE_string("ship_dir", None, "Also write both models without optimizer state, with SHA256SUMS and a README, here (e.g. models).")
+
+
+def main():
+    if not FLAGS.out:
+        raise UsageError("--out is required: the output directory (e.g. --out=runs/reproduce)")
+    if FLAGS.speed_rounds < 0 or FLAGS.speed_steps < 1:
+        raise UsageError("--speed_rounds must be >= 0 and --speed_steps >= 1")
+    preset = parse_overrides(PRESETS[FLAGS.preset], FLAGS.set)
+    data_dir = FLAGS.data_dir or os.environ.get("TFDS_DATA_DIR")
+    if not data_dir:
+        raise UsageError("--data_dir is required (or TFDS_DATA_DIR): the tfds directory holding cifar10/3.0.2")
+    out = os.path.abspath(FLAGS.out)
+    data_dir = os.path.abspath(data_dir)
+    os.makedirs(out, exist_ok=True)
+    command = "python -m tools.reproduce " + " ".join(
+        a for a in sys.argv[1:])
+    started = time.time()
+    state_path = os.path.join(out, "reproduce_state.json")
+    previous = {}
+    if os.path.exists(state_path):
+        with open(state_path) as f:
+            previous = json.load(f)
+        if previous.get("config") != dataclasses.asdict(preset):
+            raise UsageError(
+                f"--out={FLAGS.out} holds a reproduction with another configuration "
+                f"({previous.get('config')}); use the same preset and --set, or a new --out")
+    from energynet_tf import io_utils
+
+    spent = float(previous.get("wall_seconds", 0.0))
+    io_utils.atomic_write_json(state_path, {"config": dataclasses.asdict(preset), "wall_seconds": spent})
+
+    print(f"[reproduce] preset {FLAGS.preset}: {json.dumps(dataclasses.asdict(preset))}", flush=True)
+    print(f"[reproduce] 1/3 baseline: {preset.epochs} epochs", flush=True)
+    baseline_dir = os.path.join(out, "baseline")
+    baseline = _run_trainer("baseline", baseline_dir, preset.baseline_flags(), data_dir,
+                            os.path.join(out, "baseline.log"))
+    branch = os.path.join(baseline_dir, "checkpoints", f"epoch-{preset.branch_epoch:04d}.keras")
+    if not os.path.exists(branch) and not os.path.exists(os.path.join(out, "energynet", "metrics.json")):
+        raise UsageError(f"the baseline's checkpoint of epoch {preset.branch_epoch} is missing ({branch}); "
+                         "rerun the baseline in a new --out")
+    print(f"[reproduce] 2/3 EnergyNet: from the baseline's epoch {preset.branch_epoch}, then "
+          f"{preset.epochs - preset.branch_epoch} gated epochs at most", flush=True)
+    energynet = _run_trainer("energynet", os.path.join(out, "energynet"), preset.energynet_flags(branch),
+                             data_dir, os.path.join(out, "energynet.log"))
+    speed = previous.get("training_step_time")
+    if speed is None and FLAGS.speed_rounds > 0:
+        print(f"[reproduce] 3/3 training-step time, {FLAGS.speed_rounds} alternating rounds", flush=True)
+        speed = _step_time_ratio(preset, FLAGS.speed_rounds, FLAGS.speed_steps)
+    wall = spent + time.time() - started
+    io_utils.atomic_write_json(state_path, {"config": dataclasses.asdict(preset), "wall_seconds": wall,
+                                            "training_step_time": speed})
+    results = summarise(FLAGS.preset, preset, baseline, energynet, speed, _git_commit(),
+                        baseline["wall_seconds"] + energynet["wall_seconds"], command)
+    results["tool_wall_seconds"] = wall
+    io_utils.atomic_write_json(os.path.join(out, "results.json"), results)
+    io_utils.atomic_write_text(os.path.join(out, "results.md"), results_markdown(results))
+    plot(results, baseline.get("history", []), energynet.get("history", []),
+         os.path.join(out, "accuracy_vs_energy.png"))
+    if FLAGS.ship_dir:
+        ship_models(out, results, os.path.abspath(FLAGS.ship_dir))
+        print(f"[reproduce] shipped the models to {FLAGS.ship_dir}", flush=True)
+    print(results_markdown(results), flush=True)
+    print(f"[reproduce] wrote {out}/results.json, results.md, accuracy_vs_energy.png", flush=True)
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(lambda argv: cli.run_tool(main, argv), flags_parser=cli.parse_flags_or_exit)
