@@ -382,12 +382,12 @@ class EnergyNet(keras.Model):
     def load_own_variables(self, store):
         """Loads the model's own variables (`alpha`, `gates_forced_open`, ...).
 
-        Files saved before gate warm-up existed hold `alpha` only, files of
-        the next version also `gates_forced_open`; the missing ones keep
-        their constructor values.
+        Files of earlier versions hold a prefix of this list (`alpha` only,
+        then also `gates_forced_open`, then `gate_lr_multiplier`); the
+        missing ones keep their constructor values.
         """
         variables = (self.alpha, self.gates_forced_open, self.gate_lr_multiplier, self.gate_noise)
-        if len(store.keys()) <= 2:
+        if len(store.keys()) < len(variables):
             for i in range(len(store.keys())):
                 variables[i].assign(store[str(i)])
             return

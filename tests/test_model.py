@@ -177,7 +177,7 @@ def test_keras_round_trip_identical_outputs_and_gates(tmp_path):
     assert float(loaded.gate_noise.numpy()) == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("kept", [1, 2])
+@pytest.mark.parametrize("kept", [1, 2, 3])
 def test_loads_files_saved_before_later_model_variables_existed(tmp_path, kept):
     # kept=1: alpha only (before gate warm-up); kept=2: alpha and gates_forced_open
     # (before gate_lr_multiplier).
@@ -203,7 +203,7 @@ def test_loads_files_saved_before_later_model_variables_existed(tmp_path, kept):
             dst.writestr(name, data)
     loaded = keras.saving.load_model(old)
     assert float(loaded.alpha.numpy()) == pytest.approx(0.25)
-    assert float(loaded.gates_forced_open.numpy()) == (1.0 if kept == 2 else 0.0)
+    assert float(loaded.gates_forced_open.numpy()) == (1.0 if kept >= 2 else 0.0)
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
     np.testing.assert_array_equal(model.forward(x)["logits"].numpy(), loaded.forward(x)["logits"].numpy())
 
