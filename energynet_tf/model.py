@@ -71,6 +71,13 @@ class EnergyNet(keras.Model):
             (1: each decision is a Bernoulli(p) sample; 0: deterministic
             `p > 0.5`); see `gates.straight_through`. Inference is always
             deterministic.
+        energy_term: "expected": the loss charges `sum_b p_b E_b` (soft
+            probabilities, DESIGN 1.3); "decisions": it charges the energy of
+            the decisions taken in the forward pass, `sum_b m_b E_b`, with the
+            same straight-through gradient as the cross-entropy's. The two
+            have the same gradient for deterministic gates; with `gate_noise`
+            only "decisions" weighs the energy and the cross-entropy through
+            the same noisy sigmoid (with "expected", sampled gates open fully).
         **kwargs: base model arguments (`name`, ...).
 
     Raises:
@@ -92,6 +99,7 @@ class EnergyNet(keras.Model):
         zero_init_residual=False,
         gate_lr_multiplier=1.0,
         gate_noise=0.0,
+        energy_term="expected",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -113,6 +121,10 @@ class EnergyNet(keras.Model):
                             ("gate_noise", gate_noise)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
                 raise ValueError(f"Argument `{name}` must be a finite number >= 0; received: {value!r}")
+        if energy_term not in ("expected", "decisions"):
+            raise ValueError(
+                f"Argument `energy_term` must be 'expected' or 'decisions'; received: {energy_term!r}")
+        self.energy_term = energy_term
         self.weight_decay = float(weight_decay)
         self.zero_init_residual = bool(zero_init_residual)
         self.depth = depth
@@ -333,7 +345,8 @@ class EnergyNet(keras.Model):
         # Keras loss objects already divide by the number of replicas; the
         # hand-made energy term must be scaled the same way (DESIGN 4).
         ce = self.compute_loss(x=x, y=y, y_pred=out["logits"], sample_weight=sample_weight, training=training)
-        energy = ops.mean(self.expected_energy(out["probabilities"]))
+        charged = out["masks"] if self.energy_term == "decisions" else out["probabilities"]
+        energy = ops.mean(self.expected_energy(charged))
         num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
         loss = ce + ops.cast(self.alpha, ce.dtype) * energy / num_replicas
         if self.weight_decay > 0:
@@ -411,6 +424,7 @@ class EnergyNet(keras.Model):
                 "gate_lr_multiplier": (
                     float(self.gate_lr_multiplier.numpy()) if hasattr(self, "gate_lr_multiplier") else 1.0),
                 "gate_noise": float(self.gate_noise.numpy()) if hasattr(self, "gate_noise") else 0.0,
+                "energy_term": self.energy_term,
             }
         )
         return config

@@ -154,7 +154,7 @@ def test_keras_round_trip_identical_outputs_and_gates(tmp_path):
     model = EnergyNet(depth=14, num_classes=7, gate_units=6, gate_bias_init=0.1, alpha=0.3,
                       accelerator={"array_rows": 16, "array_cols": 8, "dataflow": "ws"},
                       energy_costs={"dram": 100.0}, weight_decay=5e-4, zero_init_residual=True,
-                      gate_lr_multiplier=2.5, gate_noise=0.5, name="custom")
+                      gate_lr_multiplier=2.5, gate_noise=0.5, energy_term="decisions", name="custom")
     training.compile_model(model, keras.optimizers.SGD(0.01))
     x, y = _data()
     y = y % 7
@@ -175,6 +175,7 @@ def test_keras_round_trip_identical_outputs_and_gates(tmp_path):
     assert (loaded.weight_decay, loaded.zero_init_residual) == (5e-4, True)
     assert float(loaded.gate_lr_multiplier.numpy()) == pytest.approx(2.5)
     assert float(loaded.gate_noise.numpy()) == pytest.approx(0.5)
+    assert loaded.energy_term == "decisions"
 
 
 @pytest.mark.parametrize("kept", [1, 2, 3])
@@ -263,6 +264,23 @@ def test_gate_lr_multiplier_scales_the_gates_update():
     np.testing.assert_allclose(steps[3.0], 3.0 * steps[1.0], rtol=1e-4)
 
 
+def test_energy_term_on_decisions_charges_the_blocks_that_ran():
+    x, y = _data()
+    model = _compiled(depth=14, alpha=0.7, energy_term="decisions")
+    logs = model.evaluate(x, y, batch_size=8, return_dict=True, verbose=0)
+    out = model.forward(x)
+    charged = float(np.mean(model.expected_energy(out["decisions"]).numpy()))
+    assert logs["loss"] == pytest.approx(logs["cross_entropy"] + 0.7 * charged, rel=1e-5)
+    # Deterministic gates: the same gradient as the expected energy's.
+    grads = []
+    for term in ("expected", "decisions"):
+        m = _compiled(depth=14, alpha=0.7, energy_term=term)
+        with tf.GradientTape() as tape:
+            _, _, _, _, _, loss = m._step((x, y), training=True)
+        grads.append(tape.gradient(loss, m.gate.output_dense.bias).numpy())
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5)
+
+
 def test_few_training_steps_reduce_the_loss():
     model = _compiled(depth=8, alpha=0.1)
     x, y = _data(32, seed=4)
@@ -291,6 +309,7 @@ def test_energy_loss_closes_gates():
     ({"accelerator": {"rows": 3}}, ValueError, "accelerator"),
     ({"accelerator": 3}, TypeError, "accelerator"),
     ({"weight_decay": -1e-4}, ValueError, "weight_decay"),
+    ({"energy_term": "soft"}, ValueError, "energy_term"),
     ({"gate_lr_multiplier": float("nan")}, ValueError, "gate_lr_multiplier"),
 ])
 def test_bad_constructor_arguments(kwargs, error, needle):

@@ -59,6 +59,7 @@ class Preset:
         gate_lr_multiplier: the gates' learning rate over the backbone's.
         gate_noise: scale of the logistic noise on the gates' logits in
             training (1: sampled decisions; `gates.straight_through`).
+        energy_term: what the loss charges ("decisions" or "expected"; `model.EnergyNet`).
         alpha_ramp_epochs: phase II ramps alpha over this many epochs.
         restore_threshold, restore_z: the phase III test (`callbacks.PhaseSchedule`).
         weight_decay: coupled L2 weight decay of both arms.
@@ -83,6 +84,7 @@ class Preset:
     lr3: float = 0.001
     gate_lr_multiplier: float = 1.0
     gate_noise: float = 1.0
+    energy_term: str = "decisions"
     alpha_ramp_epochs: int = 0
     restore_threshold: float = 0.1
     restore_z: float = 1.0
@@ -96,6 +98,10 @@ class Preset:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name == "max_train_examples" and value is None:
+                continue
+            if f.name == "energy_term":
+                if value not in ("expected", "decisions"):
+                    raise UsageError(f"preset field energy_term must be 'expected' or 'decisions'; received: {value!r}")
                 continue
             if f.type is int and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise UsageError(f"preset field {f.name} must be an int >= 0; received: {value!r}")
@@ -126,6 +132,7 @@ class Preset:
             f"--alpha1={self.alpha1}", f"--alpha2={self.alpha2}", f"--alpha3={self.alpha3}",
             f"--lr1={self.lr1}", f"--lr2={self.lr2}", f"--lr3={self.lr3}",
             f"--gate_lr_multiplier={self.gate_lr_multiplier}", f"--gate_noise={self.gate_noise}",
+            f"--energy_term={self.energy_term}",
             f"--alpha_ramp_epochs={self.alpha_ramp_epochs}",
             f"--restore_threshold={self.restore_threshold}", f"--restore_z={self.restore_z}",
         ]
@@ -169,6 +176,8 @@ def parse_overrides(preset, text):
         try:
             if key == "max_train_examples" and value.lower() in ("none", ""):
                 changes[key] = None
+            elif kind is str:
+                changes[key] = value
             elif kind is int or key == "max_train_examples":
                 changes[key] = int(value)
             else:

@@ -48,6 +48,7 @@ def define_flags(default_depth, default_batch_size=128):
     flags.DEFINE_boolean("zero_init_residual", True, "Start each residual branch's last BN gamma at zero (blocks begin as their shortcuts).")
     flags.DEFINE_float("gate_lr_multiplier", 1.0, "The gates' learning rate as a multiple of the backbone's.")
     flags.DEFINE_float("gate_noise", 1.0, "Scale of the logistic noise on the gates' logits in training (1: each decision is a Bernoulli(p) sample; 0: deterministic p > 0.5).")
+    flags.DEFINE_enum("energy_term", "decisions", ["expected", "decisions"], "What the loss charges: the energy of the decisions taken (straight-through gradient) or the expected energy of the soft probabilities.")
     flags.DEFINE_integer("alpha_ramp_epochs", 0, "Phase II ramps alpha linearly from alpha1 to alpha2 over this many epochs (0: a step).")
     flags.DEFINE_float("restore_z", 0.0, "Phase III runs if phase II lost more than restore_threshold plus this many standard errors of validation accuracy (0: the paper's test).")
     flags.DEFINE_integer("keep_checkpoints", 2, "Epoch checkpoints to keep in model_dir/checkpoints.")
@@ -146,6 +147,7 @@ def check_flags(extra_config):
         "zero_init_residual": FLAGS.zero_init_residual,
         "gate_lr_multiplier": FLAGS.gate_lr_multiplier,
         "gate_noise": FLAGS.gate_noise,
+        "energy_term": FLAGS.energy_term,
         "alpha_ramp_epochs": FLAGS.alpha_ramp_epochs,
         "restore_z": FLAGS.restore_z,
         "momentum": FLAGS.momentum,
@@ -217,6 +219,7 @@ def build_model(config, num_classes, image_shape):
         zero_init_residual=config.get("zero_init_residual", False),
         gate_lr_multiplier=config.get("gate_lr_multiplier", 1.0),
         gate_noise=config.get("gate_noise", 0.0),
+        energy_term=config.get("energy_term", "expected"),
     )
 
 
