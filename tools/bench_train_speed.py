@@ -53,6 +53,53 @@ model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
 print(json.dumps({"images_per_s": steps * batch / (time.perf_counter() - start)}))
 """
 
+_PAIR_WORKER = r"""
+import json, sys, time
+import numpy as np
+depth, batch, steps, rounds = json.loads(sys.argv[1])
+import tensorflow as tf
+tf.config.threading.set_inter_op_parallelism_threads(1)
+tf.config.experimental.enable_op_determinism()
+import keras
+from energynet_tf.model import EnergyNet
+from energynet_tf import training
+rng = np.random.default_rng(0)
+x = rng.normal(size=(batch * 2, 32, 32, 3)).astype("float32")
+y = rng.integers(0, 10, batch * 2)
+ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat()
+models = {}
+for name, baseline in (("energynet", False), ("baseline", True)):
+    keras.utils.set_random_seed(0)
+    model = EnergyNet(depth=depth, baseline=baseline, weight_decay=1e-4, gate_noise=1.0, energy_term="decisions")
+    training.compile_model(model, training.make_optimizer())
+    model.optimizer.learning_rate.assign(0.01)
+    model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)
+    models[name] = model
+rates = {name: [] for name in models}
+for r in range(rounds):
+    order = ("energynet", "baseline") if r % 2 == 0 else ("baseline", "energynet")
+    for name in order:
+        start = time.perf_counter()
+        models[name].fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+        rates[name].append(steps * batch / (time.perf_counter() - start))
+print(json.dumps(rates))
+"""
+
+
+def measure_pair(depth, batch_size, steps, rounds):
+    """Training images/s of EnergyNet and its baseline, alternated in one fresh process.
+
+    Both models live in the same process and take turns (ABBA order), so
+    that load on the machine and per-process effects hit both alike.
+
+    Returns:
+        `{"energynet": [img/s per round], "baseline": [...]}`.
+    """
+    args = json.dumps([depth, batch_size, steps, rounds])
+    out = subprocess.run([sys.executable, "-c", _PAIR_WORKER, args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 VARIANTS = (
     ("gated, deterministic (trainer default)", False, True),
     ("gated, not deterministic", False, False),
