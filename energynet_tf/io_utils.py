@@ -16,6 +16,8 @@ def atomic_write_text(path, text):
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        # mkstemp creates the file readable by its owner only; results are for everyone to read.
+        os.chmod(tmp, 0o644)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
