@@ -97,7 +97,7 @@ class RNNGate(keras.layers.Layer):
         return config
 
 
-def straight_through(probability, training, floor=None, noise=None, seed=None):
+def straight_through(probability, training, floor=None, noise=None, seed=None, uniform=None):
     """Returns the hard decision `probability > 0.5` as float.
 
     In training the value is the hard decision but its gradient is that of
@@ -120,6 +120,8 @@ def straight_through(probability, training, floor=None, noise=None, seed=None):
             runs) while the gradient still reaches `probability` (gate warm-up).
         noise: None or a scalar >= 0: the scale of the logistic noise.
         seed: a `keras.random.SeedGenerator` for the noise.
+        uniform: None, or uniform (0, 1) samples shaped like `probability`
+            to make the noise from (instead of drawing them with `seed`).
 
     Returns:
         A float tensor of 0s and 1s, shaped like `probability`.
@@ -127,7 +129,10 @@ def straight_through(probability, training, floor=None, noise=None, seed=None):
     soft = probability
     if training and noise is not None:
         p = ops.clip(probability, 1e-6, 1.0 - 1e-6)
-        u = keras.random.uniform(ops.shape(p), minval=1e-6, maxval=1.0 - 1e-6, dtype=p.dtype, seed=seed)
+        if uniform is None:
+            u = keras.random.uniform(ops.shape(p), minval=1e-6, maxval=1.0 - 1e-6, dtype=p.dtype, seed=seed)
+        else:
+            u = ops.clip(ops.cast(uniform, p.dtype), 1e-6, 1.0 - 1e-6)
         logistic = ops.log(u) - ops.log(1.0 - u)
         logit = ops.log(p) - ops.log(1.0 - p)
         soft = ops.sigmoid(logit + ops.cast(noise, p.dtype) * logistic)

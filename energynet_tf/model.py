@@ -252,7 +252,7 @@ class EnergyNet(keras.Model):
                 f"received shape {shape}"
             )
 
-    def forward(self, inputs, training=False, gate_override=None):
+    def forward(self, inputs, training=False, gate_override=None, gate_uniform=None):
         """Runs the network and returns logits with the gates' decisions.
 
         Args:
@@ -261,6 +261,10 @@ class EnergyNet(keras.Model):
             gate_override: None for the learned gates, or a float tensor of
                 shape `(batch, num_gates)` or `(num_gates,)` of 0/1 decisions
                 that replace them (the gates still run, for their cost).
+            gate_uniform: None, or `(batch, num_gates)` uniform (0, 1) samples
+                for the training noise of the gates (`train_step` draws them
+                from the optimizer's step count, so a resumed run draws the
+                same noise); None draws from the model's seed generator.
 
         Returns:
             A dict with `logits` `(batch, num_classes)`, `probabilities` (gate
@@ -289,7 +293,8 @@ class EnergyNet(keras.Model):
             else:
                 m = gates_lib.straight_through(
                     p, training, floor=self.gates_forced_open if training else None,
-                    noise=self.gate_noise if training else None, seed=self._noise_seed)
+                    noise=self.gate_noise if training else None, seed=self._noise_seed,
+                    uniform=None if gate_uniform is None else gate_uniform[:, i - 1])
             probabilities.append(p)
             masks.append(m)
             x = block(x, decision=m, training=training)
@@ -341,7 +346,14 @@ class EnergyNet(keras.Model):
     # -- training -------------------------------------------------------------
     def _step(self, data, training):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        out = self.forward(x, training=training)
+        gate_uniform = None
+        if training and self.gate is not None and getattr(self, "optimizer", None) is not None:
+            # A pure function of the step: a run resumed from a checkpoint
+            # (which holds the optimizer's step count) draws the same noise.
+            step = ops.cast(self.optimizer.iterations, "int32")
+            gate_uniform = tf.random.stateless_uniform(
+                (ops.shape(x)[0], self.num_gates), seed=tf.stack([1337, step]), dtype=tf.float32)
+        out = self.forward(x, training=training, gate_uniform=gate_uniform)
         # Keras loss objects already divide by the number of replicas; the
         # hand-made energy term must be scaled the same way (DESIGN 4).
         ce = self.compute_loss(x=x, y=y, y_pred=out["logits"], sample_weight=sample_weight, training=training)

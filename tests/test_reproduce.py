@@ -105,7 +105,7 @@ def test_rerun_resumes_without_training_again_and_ships_the_models(reproduction,
         digest, rel = line.split()
         assert hashlib.sha256((ship / rel).read_bytes()).hexdigest() == digest
         shipped = keras.saving.load_model(ship / rel, safe_mode=True)
-        assert shipped.optimizer is None
+        assert getattr(shipped, "optimizer", None) is None
         trained = keras.saving.load_model(os.path.join(out, rel.split("/")[1], "model.keras"), compile=False)
         np.testing.assert_array_equal(shipped.predict(x, verbose=0), trained.predict(x, verbose=0))
     readme = (ship / "README.md").read_text()
