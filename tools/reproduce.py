@@ -213,12 +213,19 @@ def _run_trainer(name, model_dir, trainer_flags, data_dir, log):
     with open(log, "a") as log_file:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True)
-        for line in process.stdout:
-            log_file.write(line)
-            log_file.flush()
-            if not _is_runtime_chatter(line):
-                print(f"  {name}: {line}", end="", flush=True)
-        status = process.wait()
+        try:
+            for line in process.stdout:
+                log_file.write(line)
+                log_file.flush()
+                if not _is_runtime_chatter(line):
+                    print(f"  {name}: {line}", end="", flush=True)
+            status = process.wait()
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM): stop the trainer too; its last
+            # epoch checkpoint is kept and a rerun resumes from it.
+            process.terminate()
+            process.wait()
+            raise
     if status != 0:
         raise UsageError(f"the {name} run failed (exit status {status}); its output is in {log}")
     with open(metrics_path) as f:
@@ -506,6 +513,14 @@ def main():
     print(f"[reproduce] wrote {out}/results.json, results.md, accuracy_vs_energy.png", flush=True)
 
 
+def _exit_on_sigterm(signum, frame):
+    del frame
+    sys.exit(128 + signum)
+
+
 if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     _define_flags()
     app.run(lambda argv: cli.run_tool(main, argv), flags_parser=cli.parse_flags_or_exit)
