@@ -292,7 +292,7 @@ def run(config, make_model, make_data, top5=False):
         table = model.energy_table
         print(
             f"EnergyNet depth {config['depth']}{' baseline' if config['baseline'] else ''}: "
-            f"{model.count_params():,} parameters, {model.num_gates} gates; E_total {table.total_energy:.4g}, "
+            f"{model.count_params():,} parameters, {0 if config['baseline'] else model.num_gates} gates; E_total {table.total_energy:.4g}, "
             f"E_fixed {table.fixed_energy / table.total_energy:.1%}, E_gates {table.gate_energy / table.total_energy:.3%} of E_total",
             flush=True,
         )
