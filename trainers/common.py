@@ -217,7 +217,7 @@ def build_model(config, num_classes, image_shape):
         accelerator=config["accelerator"],
         weight_decay=config.get("weight_decay", 0.0),
         zero_init_residual=config.get("zero_init_residual", False),
-        gate_lr_multiplier=config.get("gate_lr_multiplier", 1.0),
+        # gate_lr_multiplier is not set here: the phase schedule assigns it each epoch.
         gate_noise=config.get("gate_noise", 0.0),
         energy_term=config.get("energy_term", "expected"),
     )
