@@ -4,7 +4,7 @@ import dataclasses
 
 # CIFAR ResNets are 6n + 2 deep (He et al., 2016); these are the depths the
 # EnergyNet paper and its baselines use, plus 8 and 14 for quick experiments.
-CIFAR_DEPTHS = (8, 14, 20, 32, 38, 44, 56, 74, 110)
+CIFAR_DEPTHS = (8, 14, 20, 26, 32, 38, 44, 56, 74, 110)
 IMAGENET_DEPTHS = (50,)
 SUPPORTED_DEPTHS = tuple(sorted(CIFAR_DEPTHS + IMAGENET_DEPTHS))
 
@@ -44,7 +44,7 @@ def backbone_spec(depth):
     """Returns the stage table of a supported depth.
 
     Args:
-        depth: 8, 14, 20, 32, 38, 44, 56, 74 or 110 for the CIFAR ResNets
+        depth: 8, 14, 20, 26, 32, 38, 44, 56, 74 or 110 for the CIFAR ResNets
             (three stages of (depth - 2) / 6 basic blocks at widths 16/32/64),
             or 50 for ResNet-50 (bottleneck stages [3, 4, 6, 3]).
 

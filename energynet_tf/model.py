@@ -45,7 +45,7 @@ class EnergyNet(keras.Model):
     hard decisions in the forward pass and straight-through gradients.
 
     Args:
-        depth: 8, 14, 20, 32, 38, 44, 56, 74, 110 (CIFAR ResNets) or 50 (ResNet-50).
+        depth: 8, 14, 20, 26, 32, 38, 44, 56, 74, 110 (CIFAR ResNets) or 50 (ResNet-50).
         num_classes: number of classes.
         image_shape: `(height, width, channels)` of the inputs; the energy
             table depends on it.

@@ -182,6 +182,24 @@ def compile_model(model, optimizer, top5=False):
     )
 
 
+def evaluation_metrics(model, dataset, top5=False):
+    """Evaluates a compiled `EnergyNet` on `dataset`; returns the `test_*` and savings numbers of `metrics.json`."""
+    test = model.evaluate(dataset, return_dict=True, verbose=0)
+    out = {
+        "test_accuracy": float(test["accuracy"]),
+        "test_loss": float(test["loss"]),
+        "test_cross_entropy": float(test["cross_entropy"]),
+        "energy_savings": float(test["energy_savings"]),
+        "block_energy_savings": float(test["block_energy_savings"]),
+        "mac_savings": float(test["mac_savings"]),
+        "normalised_energy": float(test["energy"]),
+        "skip_ratio_per_block": metrics_lib.skip_ratios_from_logs(test, model.num_gates),
+    }
+    if top5:
+        out["test_top5_accuracy"] = float(test["top5_accuracy"])
+    return out
+
+
 def train_and_evaluate(
     model,
     data,
@@ -195,6 +213,7 @@ def train_and_evaluate(
     extra_callbacks=(),
     keep_checkpoints=2,
     pinned_epochs=(),
+    evaluate_test=True,
 ):
     """Trains `model` through the alpha phases, resuming from `model_dir`, and evaluates it.
 
@@ -215,6 +234,8 @@ def train_and_evaluate(
         extra_callbacks: more Keras callbacks.
         keep_checkpoints: how many epoch checkpoints to keep.
         pinned_epochs: epochs whose checkpoints are kept whatever `keep_checkpoints` says.
+        evaluate_test: evaluate on `data.test`; without it `metrics.json` holds
+            no `test_*` numbers (a search selects on validation only).
 
     Returns:
         The dict written to `metrics.json`.
@@ -292,18 +313,9 @@ def train_and_evaluate(
             f"({latest[0] if latest else 'none'}) was kept. Lower the learning rate or alpha."
         )
     epochs_run = start_epoch + len(history) - len(state["history"])
-    test = model.evaluate(data.test, return_dict=True, verbose=0)
     table = model.energy_table
     metrics = {
-        "test_accuracy": float(test["accuracy"]),
-        "test_loss": float(test["loss"]),
-        "test_cross_entropy": float(test["cross_entropy"]),
         "baseline_energy": table.total_energy,
-        "energy_savings": float(test["energy_savings"]),
-        "block_energy_savings": float(test["block_energy_savings"]),
-        "mac_savings": float(test["mac_savings"]),
-        "normalised_energy": float(test["energy"]),
-        "skip_ratio_per_block": metrics_lib.skip_ratios_from_logs(test, model.num_gates),
         "phases": phases.phases,
         "phase3_reason": phases.phase3_reason,
         "epochs": epochs_run,
@@ -312,11 +324,12 @@ def train_and_evaluate(
         "history": history,
         "baseline": bool(model.baseline),
     }
-    if top5:
-        metrics["test_top5_accuracy"] = float(test["top5_accuracy"])
+    if evaluate_test:
+        metrics.update(evaluation_metrics(model, data.test, top5=top5))
     if history:
         last = history[-1]
-        for key in ("val_accuracy", "val_energy_savings"):
+        for key in ("val_accuracy", "val_energy_savings", "val_block_energy_savings", "val_mac_savings",
+                    "val_top5_accuracy"):
             if key in last:
                 metrics["final_" + key] = last[key]
     metrics.update(extra_metrics or {})

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -32,8 +31,7 @@ from absl import flags
 
 from energynet_tf import cli
 from energynet_tf.cli import UsageError
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tools import runs
 
 # Goal of the reproduction (issue: "energy savings at the baseline's accuracy").
 GOAL_MAX_ACCURACY_DROP = 0.3  # points
@@ -186,55 +184,6 @@ def parse_overrides(preset, text):
         except ValueError:
             raise UsageError(f"--set: {key}={value!r} must be a number") from None
     return dataclasses.replace(preset, **changes)
-
-
-def _git_commit():
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return commit + ("+uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _run_trainer(name, model_dir, trainer_flags, data_dir, log):
-    """Runs (or resumes) one trainer; returns its metrics. Output goes to the console and `log`."""
-    metrics_path = os.path.join(model_dir, "metrics.json")
-    if os.path.exists(metrics_path):
-        print(f"[reproduce] {name}: finished earlier ({metrics_path})", flush=True)
-        with open(metrics_path) as f:
-            return json.load(f)
-    command = [sys.executable, "-m", "trainers.cifar", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
-               *trainer_flags]
-    print(f"[reproduce] {name}: {' '.join(command[1:])}", flush=True)
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    with open(log, "a") as log_file:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
-        try:
-            for line in process.stdout:
-                log_file.write(line)
-                log_file.flush()
-                if not _is_runtime_chatter(line):
-                    print(f"  {name}: {line}", end="", flush=True)
-            status = process.wait()
-        except BaseException:
-            # Interrupted (Ctrl-C, SIGTERM): stop the trainer too; its last
-            # epoch checkpoint is kept and a rerun resumes from it.
-            process.terminate()
-            process.wait()
-            raise
-    if status != 0:
-        raise UsageError(f"the {name} run failed (exit status {status}); its output is in {log}")
-    with open(metrics_path) as f:
-        return json.load(f)
-
-
-def _is_runtime_chatter(line):
-    # TensorFlow's C++ start-up lines; everything of ours is kept.
-    return line.startswith(("WARNING: All log messages", "I0000", "W0000", "To enable the following"))
 
 
 def _step_time_ratio(preset, rounds, steps):
@@ -482,16 +431,17 @@ def main():
     print(f"[reproduce] preset {FLAGS.preset}: {json.dumps(dataclasses.asdict(preset))}", flush=True)
     print(f"[reproduce] 1/3 baseline: {preset.epochs} epochs", flush=True)
     baseline_dir = os.path.join(out, "baseline")
-    baseline = _run_trainer("baseline", baseline_dir, preset.baseline_flags(), data_dir,
-                            os.path.join(out, "baseline.log"))
+    baseline = runs.run_trainer("baseline", baseline_dir, [f"--data_dir={data_dir}", *preset.baseline_flags()],
+                                os.path.join(out, "baseline.log"))
     branch = os.path.join(baseline_dir, "checkpoints", f"epoch-{preset.branch_epoch:04d}.keras")
     if not os.path.exists(branch) and not os.path.exists(os.path.join(out, "energynet", "metrics.json")):
         raise UsageError(f"the baseline's checkpoint of epoch {preset.branch_epoch} is missing ({branch}); "
                          "rerun the baseline in a new --out")
     print(f"[reproduce] 2/3 EnergyNet: from the baseline's epoch {preset.branch_epoch}, then "
           f"{preset.epochs - preset.branch_epoch} gated epochs at most", flush=True)
-    energynet = _run_trainer("energynet", os.path.join(out, "energynet"), preset.energynet_flags(branch),
-                             data_dir, os.path.join(out, "energynet.log"))
+    energynet = runs.run_trainer("energynet", os.path.join(out, "energynet"),
+                                 [f"--data_dir={data_dir}", *preset.energynet_flags(branch)],
+                                 os.path.join(out, "energynet.log"))
     speed = previous.get("training_step_time")
     if speed is None and FLAGS.speed_rounds > 0:
         print(f"[reproduce] 3/3 training-step time, {FLAGS.speed_rounds} alternating rounds", flush=True)
@@ -499,7 +449,7 @@ def main():
     wall = spent + time.time() - started
     io_utils.atomic_write_json(state_path, {"config": dataclasses.asdict(preset), "wall_seconds": wall,
                                             "training_step_time": speed})
-    results = summarise(FLAGS.preset, preset, baseline, energynet, speed, _git_commit(),
+    results = summarise(FLAGS.preset, preset, baseline, energynet, speed, runs.git_commit(),
                         baseline["wall_seconds"] + energynet["wall_seconds"], command)
     results["tool_wall_seconds"] = wall
     io_utils.atomic_write_json(os.path.join(out, "results.json"), results)
@@ -513,14 +463,9 @@ def main():
     print(f"[reproduce] wrote {out}/results.json, results.md, accuracy_vs_energy.png", flush=True)
 
 
-def _exit_on_sigterm(signum, frame):
-    del frame
-    sys.exit(128 + signum)
-
-
 if __name__ == "__main__":
     import signal
 
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, runs.exit_on_sigterm)
     _define_flags()
     app.run(lambda argv: cli.run_tool(main, argv), flags_parser=cli.parse_flags_or_exit)

@@ -39,7 +39,7 @@ def main(argv):
     if FLAGS.validation_examples < 0 or FLAGS.validation_examples >= 50000:
         raise common.UsageError(f"--validation_examples={FLAGS.validation_examples} must be in [0, 50000)")
     config = common.check_flags({"dataset": "cifar10", "validation_examples": FLAGS.validation_examples})
-    return common.run(config, _make_model, _make_data)
+    return common.run(config, _make_model, _make_data, check_only=FLAGS.check_only)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from absl import logging  # noqa: E402
 FLAGS = flags.FLAGS
 
 # Keys of config.json that may change between a run and its resumption.
-_RESUMABLE_KEYS = ("model_dir", "data_dir", "verbose", "keep_checkpoints", "pin_checkpoints")
+_RESUMABLE_KEYS = ("model_dir", "data_dir", "verbose", "keep_checkpoints", "pin_checkpoints", "evaluate_test")
 
 
 from energynet_tf import cli  # noqa: E402
@@ -24,7 +24,7 @@ def define_flags(default_depth, default_batch_size=128):
     """Defines the flags common to the trainers."""
     flags.DEFINE_string("data_dir", None, "Data directory (see the trainer's doc); falls back to TFDS_DATA_DIR.")
     flags.DEFINE_string("model_dir", None, "Run directory: checkpoints, TensorBoard logs, metrics.json, config.json, model.keras. Rerun with the same directory to resume.")
-    flags.DEFINE_integer("depth", default_depth, "Network depth: 8, 14, 20, 32, 38, 44, 56, 74, 110 (CIFAR ResNets) or 50 (ResNet-50).")
+    flags.DEFINE_integer("depth", default_depth, "Network depth: 8, 14, 20, 26, 32, 38, 44, 56, 74, 110 (CIFAR ResNets) or 50 (ResNet-50).")
     flags.DEFINE_boolean("baseline", False, "Train the baseline: the same network without gates.")
     flags.DEFINE_integer("epochs", None, "Epochs per phase (EnergyNet: overrides --phase{1,2,3}_epochs) or in total (--baseline: overrides --phase1_epochs).")
     flags.DEFINE_integer("phase1_epochs", 160, "Phase I (alpha1) epochs at most; also the baseline's epochs.")
@@ -65,6 +65,8 @@ def define_flags(default_depth, default_batch_size=128):
     flags.DEFINE_float("ofmap_sram_kb", 64, "Ofmap SRAM size in kB.")
     flags.DEFINE_boolean("deterministic", True, "TensorFlow op determinism: the same seed gives the same run.")
     flags.DEFINE_boolean("verbose", True, "Print progress.")
+    flags.DEFINE_boolean("evaluate_test", True, "Evaluate the final model on the test split (searches turn it off: nothing is selected on the test set).")
+    flags.DEFINE_boolean("check_only", False, "Check the flags, the run directory and the data, then exit 0 without writing anything.")
 
 
 def check_flags(extra_config):
@@ -166,6 +168,7 @@ def check_flags(extra_config):
         "pin_checkpoints": pinned,
         "deterministic": FLAGS.deterministic,
         "verbose": FLAGS.verbose,
+        "evaluate_test": FLAGS.evaluate_test,
     }
     config.update(extra_config)
     return config
@@ -238,7 +241,7 @@ def init_from_baseline(model, path):
         model.get_layer(name).set_weights(source.get_layer(name).get_weights())
 
 
-def run(config, make_model, make_data, top5=False):
+def run(config, make_model, make_data, top5=False, check_only=False):
     """Builds, trains and evaluates; writes config.json first.
 
     Args:
@@ -246,9 +249,11 @@ def run(config, make_model, make_data, top5=False):
         make_model: `f(config)` returning an `EnergyNet`.
         make_data: `f(config)` returning a `data.common.ClassificationData`.
         top5: report top-5 accuracy.
+        check_only: stop after checking the run directory and the data
+            (tools check a trainer configuration this way before writing).
 
     Returns:
-        The metrics dict.
+        The metrics dict (None with `check_only`).
     """
     import keras
     import tensorflow as tf
@@ -268,6 +273,10 @@ def run(config, make_model, make_data, top5=False):
         tf.config.experimental.enable_op_determinism()
     # Data problems (missing dataset, bad sizes) surface before anything is written.
     data = make_data(config)
+    if check_only:
+        if config["verbose"]:
+            print(f"check_only: the flags, --model_dir and the data are usable ({data.steps_per_epoch} steps per epoch)", flush=True)
+        return None
     keras.utils.set_random_seed(config["seed"])
     model = make_model(config)
     if config["init_from"]:
@@ -308,6 +317,7 @@ def run(config, make_model, make_data, top5=False):
         verbose=config["verbose"],
         keep_checkpoints=config.get("keep_checkpoints", 2),
         pinned_epochs=config.get("pin_checkpoints", ()),
+        evaluate_test=config.get("evaluate_test", True),
     )
 
 

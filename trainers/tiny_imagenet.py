@@ -67,7 +67,7 @@ def main(argv):
         "max_eval_examples": FLAGS.max_eval_examples,
         "validation_examples": validation,
     })
-    return common.run(config, _make_model, _make_data, top5=True)
+    return common.run(config, _make_model, _make_data, top5=True, check_only=FLAGS.check_only)
 
 
 if __name__ == "__main__":

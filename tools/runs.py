@@ -1,0 +1,186 @@
+"""Trainer runs as subprocesses, shared by the tools that train (reproduce, trials, searches).
+
+Each run is a normal trainer run directory: rerunning a tool resumes an
+interrupted run from its checkpoints and does not rerun a finished one.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from energynet_tf.cli import UsageError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Keep TensorFlow's C++ start-up chatter out of the tools' progress output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+TRAINERS = ("cifar", "tiny_imagenet")
+
+
+def is_finished(model_dir):
+    """True if `model_dir` holds a finished run (its `metrics.json`)."""
+    return os.path.exists(os.path.join(model_dir, "metrics.json"))
+
+
+def load_metrics(model_dir):
+    """The `metrics.json` of a finished run.
+
+    Raises:
+        UsageError: if the run has not finished or the file cannot be read.
+    """
+    path = os.path.join(model_dir, "metrics.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"{model_dir} holds no finished run (no metrics.json)") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+
+
+def trainer_command(trainer, trainer_flags):
+    """The command line that runs `trainers.<trainer>` with `trainer_flags`."""
+    if trainer not in TRAINERS:
+        raise UsageError(f"trainer must be one of {', '.join(TRAINERS)}; received: {trainer!r}")
+    return [sys.executable, "-m", f"trainers.{trainer}", *trainer_flags]
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def check_trainer_flags(trainer, trainer_flags):
+    """Runs the trainer with `--check_only`: flags, run directory and data are checked, nothing is written.
+
+    Raises:
+        UsageError: with the trainer's own one-line error.
+    """
+    result = subprocess.run(trainer_command(trainer, [*trainer_flags, "--check_only"]), cwd=REPO, env=_env(),
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
+        message = lines[-1][len("error: "):] if lines else (result.stderr.strip().splitlines() or ["?"])[-1]
+        raise UsageError(f"trainer flags rejected: {message}")
+
+
+def run_trainer(name, model_dir, trainer_flags, log, trainer="cifar", echo=True):
+    """Runs (or resumes) one trainer run in `model_dir`; returns its metrics.
+
+    Args:
+        name: label of the run in the progress output.
+        model_dir: the run directory (`--model_dir`).
+        trainer_flags: the trainer's other flags.
+        log: file that receives the trainer's whole output (appended).
+        trainer: `cifar` or `tiny_imagenet`.
+        echo: also print the trainer's output, each line prefixed with `name`.
+
+    Returns:
+        The run's `metrics.json` as a dict.
+
+    Raises:
+        UsageError: if the trainer failed (its output is in `log`).
+    """
+    if is_finished(model_dir):
+        print(f"[{name}] finished earlier ({os.path.join(model_dir, 'metrics.json')})", flush=True)
+        return load_metrics(model_dir)
+    command = trainer_command(trainer, [f"--model_dir={model_dir}", *trainer_flags])
+    print(f"[{name}] {' '.join(command[1:])}", flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
+    with open(log, "a") as log_file:
+        process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        try:
+            for line in process.stdout:
+                log_file.write(line)
+                log_file.flush()
+                if echo and not _is_runtime_chatter(line):
+                    print(f"  {name}: {line}", end="", flush=True)
+            status = process.wait()
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM): stop the trainer too; its last
+            # epoch checkpoint is kept and a rerun resumes from it.
+            process.terminate()
+            process.wait()
+            raise
+    if status != 0:
+        raise UsageError(f"the {name} run failed (exit status {status}); its output is in {log}")
+    return load_metrics(model_dir)
+
+
+def _is_runtime_chatter(line):
+    # TensorFlow's C++ start-up lines; everything of ours is kept.
+    return line.startswith(("WARNING: All log messages", "I0000", "W0000", "To enable the following"))
+
+
+def git_commit():
+    """The checkout's commit, marked if the working tree has uncommitted changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("+uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def exit_on_sigterm(signum, frame):
+    """SIGTERM handler for tools: unwinds like Ctrl-C, so a running trainer is stopped too."""
+    del frame
+    sys.exit(128 + signum)
+
+
+def evaluate_on_test(model_dir):
+    """Evaluates a finished run's `model.keras` on its dataset's test split, once; cached in `test.json`.
+
+    Searches train with `--noevaluate_test` and call this only for the runs
+    they report (a search never selects on the test set).
+
+    Returns:
+        The `test_*` and savings numbers (`training.evaluation_metrics`).
+
+    Raises:
+        UsageError: if the run is not a finished CIFAR-10 run.
+    """
+    path = os.path.join(model_dir, "test.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    try:
+        with open(os.path.join(model_dir, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{model_dir}: cannot read config.json ({e})") from None
+    if config.get("dataset") != "cifar10":
+        raise UsageError(f"{model_dir}: test evaluation here supports CIFAR-10 runs; this is {config.get('dataset')!r}")
+    if not os.path.exists(os.path.join(model_dir, "model.keras")):
+        raise UsageError(f"{model_dir} has no model.keras: the run has not finished")
+    import keras
+
+    import energynet_tf  # noqa: F401  (registers the classes)
+    from energynet_tf import io_utils
+    from energynet_tf import training
+    from energynet_tf.data import cifar
+
+    data = cifar.load_cifar10(config["data_dir"], batch_size=config["batch_size"],
+                              eval_batch_size=config["eval_batch_size"], seed=config["seed"],
+                              validation_examples=config["validation_examples"],
+                              max_train_examples=config["max_train_examples"])
+    model = keras.saving.load_model(os.path.join(model_dir, "model.keras"), compile=False)
+    training.compile_model(model, training.make_optimizer())
+    result = training.evaluation_metrics(model, data.test)
+    result["baseline_energy"] = model.energy_table.total_energy  # E_total of this network, gates included
+    io_utils.atomic_write_json(path, result)
+    return result
+
+
+def savings_against(run_metrics, reference_energy):
+    """Energy savings of a run against another network's whole energy (e.g. the deepest static baseline).
+
+    `energy_savings` of a run is relative to its own `E_total` (which for
+    EnergyNet includes its gates); this puts runs of different networks on one
+    axis: `1 - (1 - energy_savings) * E_total / reference_energy`.
+    """
+    return 1.0 - (1.0 - run_metrics["energy_savings"]) * run_metrics["baseline_energy"] / reference_energy
