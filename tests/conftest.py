@@ -1,0 +1,78 @@
+"""Fixtures shared by the test modules: generated CIFAR-10 and running the tools as a user would."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The smallest recipe the tools accept: ResNet-8 on 64 images, one epoch per phase.
+TINY_BUDGET = ["--depth=8", "--epochs=3", "--branch_epoch=1", "--phase1_epochs=1", "--phase2_epochs=1",
+               "--phase3_epochs=0", "--max_train_examples=64", "--set=batch_size=16,validation_examples=50"]
+TINY_TRAINER = ["--depth=8", "--phase1_epochs=1", "--phase2_epochs=1", "--phase3_epochs=0", "--batch_size=16",
+                "--max_train_examples=64", "--validation_examples=50"]
+
+
+@pytest.fixture(scope="session")
+def fake_cifar_dir(tmp_path_factory):
+    """A prepared tfds `cifar10` 3.0.2 of generated images (200 train, 50 test)."""
+    from energynet_tf.data import testing
+
+    return testing.make_fake_cifar10(str(tmp_path_factory.mktemp("fake_cifar")))
+
+
+def tool_env():
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("TFDS_DATA_DIR", None)
+    env.pop("KERASTUNER_TUNER_ID", None)
+    return env
+
+
+def run_module(module, *args, timeout=600):
+    """Runs `python -m module args...` from the repository; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=tool_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def start_module(module, *args):
+    """Starts `python -m module args...`; stdout is a line-buffered pipe."""
+    return subprocess.Popen([sys.executable, "-u", "-m", module, *args], cwd=REPO, env=tool_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def interrupt_after(process, needle, timeout=600):
+    """Reads `process`'s output until a line contains `needle`, then sends SIGTERM; returns the output."""
+    import signal
+    import threading
+
+    timer = threading.Timer(timeout, process.kill)
+    timer.start()
+    seen = []
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            if needle in line:
+                process.send_signal(signal.SIGTERM)
+                break
+        rest = process.communicate(timeout=120)[0]
+        seen.append(rest or "")
+    finally:
+        timer.cancel()
+    return "".join(seen)
+
+
+def error_lines(result):
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="session")
+def tiny_trials(fake_cifar_dir, tmp_path_factory):
+    """Two seeded trials, the tool interrupted once after the first and rerun."""
+    out = str(tmp_path_factory.mktemp("trials") / "out")
+    args = ["--n=2", f"--out={out}", "--", f"--data_dir={fake_cifar_dir}", *TINY_TRAINER]
+    interrupted = interrupt_after(start_module("tools.trials", *args), "[trials] seed 0:")
+    result = run_module("tools.trials", *args)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return out, interrupted, result

@@ -1,0 +1,55 @@
+"""Tests of tools/plots.py: figures from run directories (two seeded gated runs and a baseline)."""
+
+import os
+
+import numpy as np
+import pytest
+
+from conftest import error_lines, run_module
+
+
+@pytest.fixture(scope="module")
+def figures(tiny_trials, tmp_path_factory):
+    out_trials, _, _ = tiny_trials
+    runs = [os.path.join(out_trials, "seed-0"), os.path.join(out_trials, "seed-1")]
+    out = str(tmp_path_factory.mktemp("figures"))
+    result = run_module("tools.plots", f"--runs={','.join(runs)}", "--labels=first,second", f"--out={out}",
+                        "--examples=4")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return out, runs
+
+
+def test_writes_every_figure(figures):
+    out, _ = figures
+    names = ["accuracy_vs_energy.png", "skip_ratios.png", "energy_per_class_first.png", "examples_first.png",
+             "energy_per_class_second.png", "examples_second.png"]
+    for name in names:
+        with open(os.path.join(out, name), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_per_image_numbers_agree_with_the_runs_metrics(figures):
+    import json
+
+    out, runs = figures
+    per_image = np.load(os.path.join(out, "per_image_first.npz"))
+    metrics = json.load(open(os.path.join(runs[0], "metrics.json")))
+    # The mean of the per-image energies is the run's test energy; accuracy likewise.
+    assert 1 - per_image["energy"].mean() == pytest.approx(metrics["energy_savings"], abs=1e-5)
+    assert (per_image["labels"] == per_image["predictions"]).mean() == pytest.approx(metrics["test_accuracy"])
+    num_blocks = len(metrics["skip_ratio_per_block"]) + 1
+    assert per_image["blocks"].min() >= 1 and per_image["blocks"].max() <= num_blocks
+    assert len(per_image["class_names"]) == 10
+
+
+@pytest.mark.parametrize("args, needle", [
+    ([], "--runs is required"),
+    (["--runs=/nonexistent"], "holds no finished run"),
+    (["--runs=a,b", "--labels=x"], "1 labels for 2 runs"),
+    (["--runs=a", "--examples=0"], "--examples=0 must be"),
+])
+def test_bad_flags_get_one_line(args, needle, tmp_path):
+    result = run_module("tools.plots", f"--out={tmp_path}/figs", *args)
+    assert result.returncode == 2
+    assert len(error_lines(result)) == 1 and needle in error_lines(result)[0], result.stderr[-1500:]
+    assert not (tmp_path / "figs").exists()
