@@ -41,3 +41,87 @@ def atomic_save_model(model, path):
     tmp = os.path.join(directory, ".tmp-" + os.path.basename(path))
     model.save(tmp)
     os.replace(tmp, path)
+
+
+class DirectoryInUseError(Exception):
+    """Another live process holds the run directory's lock; the message names it."""
+
+
+class DirectoryLock:
+    """One process per run directory: an exclusive `flock` on `directory/.lock`.
+
+    The kernel releases the lock when its process dies (even by SIGKILL), so
+    a lock left by a dead process is simply taken over; its file still names
+    the dead holder, which `acquire` reports in one line. The file records the
+    holder's pid and command line for the error message of a second process.
+
+    Args:
+        directory: the run directory (created if missing).
+        command: the command line recorded for other processes to report.
+    """
+
+    def __init__(self, directory, command):
+        self.path = os.path.join(directory, ".lock")
+        self.command = command
+        self._file = None
+
+    def acquire(self):
+        """Takes the lock.
+
+        Returns:
+            None, or a one-line note if the lock of a process that died was taken over.
+
+        Raises:
+            DirectoryInUseError: naming the live holder's pid and command.
+        """
+        import fcntl
+
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip().split("\n", 1)
+            f.close()
+            pid = holder[0] if holder and holder[0] else "?"
+            command = holder[1] if len(holder) > 1 else "?"
+            raise DirectoryInUseError(
+                f"{os.path.dirname(self.path)} is in use by process {pid} ({command}); "
+                "wait for it to finish or stop it, or use another directory") from None
+        f.seek(0)
+        previous = f.read().strip().split("\n", 1)
+        note = None
+        if previous and previous[0] and previous[0] != str(os.getpid()):
+            note = (f"note: took over the lock of {os.path.dirname(self.path)} left by process {previous[0]}, "
+                    "which is no longer running")
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n{self.command}\n")
+        f.flush()
+        self._file = f
+        return note
+
+    def release(self):
+        """Releases the lock and empties its file (an empty file names no holder)."""
+        if self._file is not None:
+            import fcntl
+
+            self._file.seek(0)
+            self._file.truncate()
+            self._file.flush()
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        note = self.acquire()
+        if note:
+            import sys
+
+            print(note, file=sys.stderr, flush=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False

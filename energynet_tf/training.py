@@ -45,14 +45,62 @@ class RunCheckpoints:
         return os.path.join(self.directory, "latest.json")
 
     def latest(self):
-        """Returns `(weights_path, state)` of the newest checkpoint, or None."""
-        if not os.path.exists(self._pointer):
+        """Returns `(weights_path, state)` of the newest intact checkpoint, or None.
+
+        `latest.json` names the newest checkpoint; if it is missing or
+        damaged, the epoch files are searched. A checkpoint whose `.keras`
+        archive fails its CRC check or whose state JSON cannot be read is
+        reported in one line on stderr and renamed `*.damaged` (kept for the
+        user, ignored from then on), and the next older one is tried.
+
+        Raises:
+            TrainingError: if checkpoint files exist but none is intact (names them).
+        """
+        if not os.path.isdir(self.directory):
             return None
-        with open(self._pointer) as f:
-            pointer = json.load(f)
-        with open(os.path.join(self.directory, pointer["state"])) as f:
-            state = json.load(f)
-        return os.path.join(self.directory, pointer["weights"]), state
+        candidates = self._epochs()
+        pointed = None
+        try:
+            with open(self._pointer) as f:
+                pointed = int(json.load(f)["epoch"])
+        except FileNotFoundError:
+            if candidates:
+                _warn(f"{self._pointer} is missing; looking at the checkpoint files instead")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            _warn(f"{self._pointer} is damaged ({type(e).__name__}: {e}); looking at the checkpoint files instead")
+        if pointed is not None:
+            # A kill between a checkpoint's two files and the pointer's update
+            # leaves a newer epoch without its state: not damage, just unfinished.
+            candidates = [e for e in candidates if e <= pointed or os.path.exists(
+                os.path.join(self.directory, f"epoch-{e:04d}.json"))]
+        tried = []
+        for epoch in sorted(candidates, reverse=True):
+            name = f"epoch-{epoch:04d}"
+            weights = os.path.join(self.directory, name + ".keras")
+            state_path = os.path.join(self.directory, name + ".json")
+            problem = _check_checkpoint(weights, state_path, epoch)
+            if problem is None:
+                with open(state_path) as f:
+                    return weights, json.load(f)
+            tried.append(name)
+            _warn(f"checkpoint {name} in {self.directory} is damaged ({problem}); renamed *.damaged, "
+                  "trying the one before")
+            for path in (weights, state_path):
+                if os.path.exists(path):
+                    os.replace(path, path + ".damaged")
+        if tried:
+            raise TrainingError(
+                f"no intact checkpoint in {self.directory}: {', '.join(tried)} are damaged (kept as *.damaged); "
+                "start a new --model_dir or restore the files")
+        return None
+
+    def _epochs(self):
+        """Epochs that have a state file or a weights file."""
+        epochs = set()
+        for f in os.listdir(self.directory):
+            if f.startswith("epoch-") and (f.endswith(".json") or f.endswith(".keras")) and f[6:10].isdigit():
+                epochs.add(int(f[6:10]))
+        return sorted(epochs)
 
     def save(self, model, epoch, state):
         """Writes the checkpoint of `epoch` (1-based: epochs completed)."""
@@ -74,6 +122,37 @@ class RunCheckpoints:
                 path = os.path.join(self.directory, f"epoch-{old:04d}{suffix}")
                 if os.path.exists(path):
                     os.remove(path)
+
+
+def _warn(message):
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _check_checkpoint(weights, state_path, epoch):
+    """None if the checkpoint pair of `epoch` is intact, else what is wrong with it."""
+    import zipfile
+
+    try:
+        with open(state_path) as f:
+            state = json.load(f)
+        if int(state["epoch"]) != epoch or "schedule_state" not in state or "history" not in state:
+            return f"{os.path.basename(state_path)} does not describe epoch {epoch}"
+    except FileNotFoundError:
+        return f"{os.path.basename(state_path)} is missing"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{os.path.basename(state_path)}: {type(e).__name__}: {e}"
+    try:
+        with zipfile.ZipFile(weights) as archive:
+            bad = archive.testzip()
+            if bad is not None:
+                return f"{os.path.basename(weights)}: {bad} fails its CRC check"
+            if "model.weights.h5" not in archive.namelist():
+                return f"{os.path.basename(weights)} holds no weights"
+    except FileNotFoundError:
+        return f"{os.path.basename(weights)} is missing"
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        return f"{os.path.basename(weights)}: {type(e).__name__}: {e}"
+    return None
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

@@ -170,3 +170,42 @@ def test_saved_model_loads_in_safe_mode(smoke_run):
     model_dir, _ = smoke_run
     model = keras.saving.load_model(os.path.join(model_dir, "model.keras"), safe_mode=True)
     assert isinstance(model, EnergyNet) and model.depth == 8
+
+
+def test_a_second_trainer_on_a_live_run_directory_stops_naming_the_first(fake_data_dir, tmp_path):
+    import signal
+    import time
+
+    model_dir = tmp_path / "m"
+    args = smoke_args(fake_data_dir, model_dir, "--epochs=40")
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("TFDS_DATA_DIR", None)
+    first = subprocess.Popen([sys.executable, "-m", "trainers.cifar", *args], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        lock = model_dir / ".lock"
+        deadline = time.time() + 120
+        while time.time() < deadline and not (lock.exists() and lock.read_text().startswith(str(first.pid))):
+            time.sleep(0.2)
+        assert lock.read_text().startswith(str(first.pid))
+        second = run_trainer(*args, timeout=120)
+        assert second.returncode == 2
+        assert len(error_lines(second)) == 1
+        assert f"is in use by process {first.pid}" in error_lines(second)[0]
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # The dead holder's lock is taken over with a one-line note; the run resumes.
+    third = subprocess.Popen([sys.executable, "-m", "trainers.cifar", *args], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in third.stderr:
+            if line.startswith("note: took over the lock"):
+                assert f"left by process {first.pid}" in line
+                break
+        else:
+            raise AssertionError("no take-over note")
+    finally:
+        third.kill()
+        third.wait()

@@ -194,14 +194,14 @@ def plot_examples(stats, label, per_row, path):
     order = np.lexsort((stats["energy"], stats["blocks"]))
     per_row = min(per_row, len(order))
     rows = [("fewest blocks", order[:per_row]), ("most blocks", order[::-1][:per_row])]
-    fig, axes = plt.subplots(2, per_row, figsize=(1.45 * per_row, 3.9), squeeze=False)
+    fig, axes = plt.subplots(2, per_row, figsize=(1.5 * per_row, 5.2), squeeze=False)
     names = stats["class_names"]
     for r, (title, idx) in enumerate(rows):
         for c, i in enumerate(idx):
             ax = axes[r][c]
             ax.imshow(stats["images"][i], interpolation="nearest")
             ok = stats["labels"][i] == stats["predictions"][i]
-            ax.set_title(f"{names[stats['labels'][i]]}\n{stats['blocks'][i]} blocks"
+            ax.set_title(f"{names[stats['labels'][i]]}\n{int(stats['blocks'][i])} blocks"
                          + ("" if ok else f"\n(said {names[stats['predictions'][i]]})"),
                          fontsize=7, color="black" if ok else "tab:red")
             ax.axis("off")

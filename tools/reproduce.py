@@ -411,6 +411,7 @@ def main():
     out = os.path.abspath(FLAGS.out)
     data_dir = os.path.abspath(data_dir)
     os.makedirs(out, exist_ok=True)
+    runs.lock_directory(out)
     command = "python -m tools.reproduce " + " ".join(
         a for a in sys.argv[1:])
     started = time.time()

@@ -184,3 +184,25 @@ def savings_against(run_metrics, reference_energy):
     axis: `1 - (1 - energy_savings) * E_total / reference_energy`.
     """
     return 1.0 - (1.0 - run_metrics["energy_savings"]) * run_metrics["baseline_energy"] / reference_energy
+
+
+def lock_directory(directory):
+    """Holds `directory` for this process until it exits (`io_utils.DirectoryLock`).
+
+    Raises:
+        UsageError: if a live process holds it (naming its pid and command).
+    """
+    from energynet_tf import io_utils
+
+    lock = io_utils.DirectoryLock(directory, " ".join(sys.argv))
+    try:
+        note = lock.acquire()
+    except io_utils.DirectoryInUseError as e:
+        raise UsageError(str(e)) from None
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    _HELD.append(lock)  # released when the process ends
+    return lock
+
+
+_HELD = []

@@ -239,7 +239,7 @@ def plot_front(rows, front, baseline, static_rows, recipe, path):
               + (f", {recipe.max_train_examples} training images" if recipe.max_train_examples else ""))
     ax.set_title(f"CIFAR-10, EnergyNet-{recipe.depth} alpha search ({budget})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -287,6 +287,8 @@ def main():
 
     os.makedirs(out, exist_ok=True)
     if not worker:
+        # Workers share the chief's --out by design; each trial's run directory has its trainer's lock.
+        runs.lock_directory(out)
         io_utils.atomic_write_json(state_path, {**config, "max_trials": FLAGS.max_trials})
     started = time.time()
     baseline_dir = os.path.join(out, "baseline")

@@ -115,6 +115,7 @@ def main():
     else:
         runs.check_trainer_flags("cifar", [*plans[depths[0]], f"--model_dir={os.path.join(out, f'depth-{depths[0]}')}"])
     os.makedirs(out, exist_ok=True)
+    runs.lock_directory(out)
     io_utils.atomic_write_json(state_path, config)
     results = {}
     for k, depth in enumerate(depths):

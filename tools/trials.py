@@ -135,6 +135,7 @@ def main(trainer_flags, command):
     from energynet_tf import io_utils
 
     os.makedirs(out, exist_ok=True)
+    runs.lock_directory(out)
     io_utils.atomic_write_json(state_path, config)
     seeds = [FLAGS.first_seed + k for k in range(FLAGS.n)]
     trials = []

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 import time
 
 # Keep TensorFlow's C++ start-up chatter out of the progress output.
@@ -277,48 +278,50 @@ def run(config, make_model, make_data, top5=False, check_only=False):
         if config["verbose"]:
             print(f"check_only: the flags, --model_dir and the data are usable ({data.steps_per_epoch} steps per epoch)", flush=True)
         return None
-    keras.utils.set_random_seed(config["seed"])
-    model = make_model(config)
-    if config["init_from"]:
-        init_from_baseline(model, config["init_from"])
-    schedule = callbacks_lib.PhaseSchedule(
-        phase1_epochs=config["phase1_epochs"],
-        phase2_epochs=config["phase2_epochs"],
-        phase3_epochs=config["phase3_epochs"],
-        alpha1=config["alpha1"], alpha2=config["alpha2"], alpha3=config["alpha3"],
-        lr1=config["lr1"], lr2=config["lr2"], lr3=config["lr3"],
-        restore_threshold=config["restore_threshold"],
-        target_accuracy=config["target_accuracy"],
-        warmup_epochs=config["warmup_epochs"],
-        gate_warmup_epochs=config["gate_warmup_epochs"],
-        gate_lr_multiplier=config.get("gate_lr_multiplier", 1.0),
-        alpha_ramp_epochs=config.get("alpha_ramp_epochs", 0),
-        restore_z=config.get("restore_z", 0.0),
-    )
-    os.makedirs(config["model_dir"], exist_ok=True)
-    io_utils.atomic_write_json(os.path.join(config["model_dir"], "config.json"), config)
-    if config["verbose"]:
-        table = model.energy_table
-        print(
-            f"EnergyNet depth {config['depth']}{' baseline' if config['baseline'] else ''}: "
-            f"{model.count_params():,} parameters, {0 if config['baseline'] else model.num_gates} gates; E_total {table.total_energy:.4g}, "
-            f"E_fixed {table.fixed_energy / table.total_energy:.1%}, E_gates {table.gate_energy / table.total_energy:.3%} of E_total",
-            flush=True,
+    # One process per run directory: a second trainer on it stops here (io_utils.DirectoryLock).
+    with io_utils.DirectoryLock(config["model_dir"], " ".join(sys.argv)):
+        keras.utils.set_random_seed(config["seed"])
+        model = make_model(config)
+        if config["init_from"]:
+            init_from_baseline(model, config["init_from"])
+        schedule = callbacks_lib.PhaseSchedule(
+            phase1_epochs=config["phase1_epochs"],
+            phase2_epochs=config["phase2_epochs"],
+            phase3_epochs=config["phase3_epochs"],
+            alpha1=config["alpha1"], alpha2=config["alpha2"], alpha3=config["alpha3"],
+            lr1=config["lr1"], lr2=config["lr2"], lr3=config["lr3"],
+            restore_threshold=config["restore_threshold"],
+            target_accuracy=config["target_accuracy"],
+            warmup_epochs=config["warmup_epochs"],
+            gate_warmup_epochs=config["gate_warmup_epochs"],
+            gate_lr_multiplier=config.get("gate_lr_multiplier", 1.0),
+            alpha_ramp_epochs=config.get("alpha_ramp_epochs", 0),
+            restore_z=config.get("restore_z", 0.0),
         )
-    optimizer = training.make_optimizer(momentum=config["momentum"])
-    return training.train_and_evaluate(
-        model,
-        data,
-        config["model_dir"],
-        schedule,
-        config["batch_size"],
-        optimizer,
-        top5=top5,
-        verbose=config["verbose"],
-        keep_checkpoints=config.get("keep_checkpoints", 2),
-        pinned_epochs=config.get("pin_checkpoints", ()),
-        evaluate_test=config.get("evaluate_test", True),
-    )
+        os.makedirs(config["model_dir"], exist_ok=True)
+        io_utils.atomic_write_json(os.path.join(config["model_dir"], "config.json"), config)
+        if config["verbose"]:
+            table = model.energy_table
+            print(
+                f"EnergyNet depth {config['depth']}{' baseline' if config['baseline'] else ''}: "
+                f"{model.count_params():,} parameters, {0 if config['baseline'] else model.num_gates} gates; E_total {table.total_energy:.4g}, "
+                f"E_fixed {table.fixed_energy / table.total_energy:.1%}, E_gates {table.gate_energy / table.total_energy:.3%} of E_total",
+                flush=True,
+            )
+        optimizer = training.make_optimizer(momentum=config["momentum"])
+        return training.train_and_evaluate(
+            model,
+            data,
+            config["model_dir"],
+            schedule,
+            config["batch_size"],
+            optimizer,
+            top5=top5,
+            verbose=config["verbose"],
+            keep_checkpoints=config.get("keep_checkpoints", 2),
+            pinned_epochs=config.get("pin_checkpoints", ()),
+            evaluate_test=config.get("evaluate_test", True),
+        )
 
 
 def main_guard(fn):
@@ -334,7 +337,9 @@ def main_guard(fn):
         from energynet_tf import training
         from energynet_tf.data import common as data_common
 
-        if isinstance(e, (data_common.DataNotFoundError, ValueError)):
+        from energynet_tf import io_utils
+
+        if isinstance(e, (data_common.DataNotFoundError, ValueError, io_utils.DirectoryInUseError)):
             cli.fail(e, 2)
         if isinstance(e, training.TrainingError):
             cli.fail(e, 3)
