@@ -39,8 +39,14 @@ def atomic_save_model(model, path):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, ".tmp-" + os.path.basename(path))
-    model.save(tmp)
-    os.replace(tmp, path)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        # Interrupted mid-write (Ctrl-C, SIGTERM): leave no partial file behind.
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 class DirectoryInUseError(Exception):

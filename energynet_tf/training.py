@@ -18,6 +18,33 @@ class TrainingError(RuntimeError):
     """Training could not go on (for example a NaN loss); the message says why."""
 
 
+class Interrupted(Exception):
+    """Training was stopped by a signal; the message says where it stood and what was kept.
+
+    Attributes:
+        exit_status: 128 + the signal's number (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, message, exit_status):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+class Position(keras.callbacks.Callback):
+    """Remembers the epoch and step training has reached (for the message of an interruption)."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = None
+        self.step = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.step = epoch, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step = batch + 1
+
+
 class RunCheckpoints:
     """Epoch checkpoints of a run: weights and optimizer (`.keras`) plus run state (JSON).
 
@@ -373,17 +400,32 @@ def train_and_evaluate(
         callbacks.append(ProgressLogger(steps_per_epoch, batch_size))
     callbacks.extend(extra_callbacks)
 
+    position = Position()
+    callbacks.append(position)
     if not phases.finished and start_epoch < max_epochs:
-        model.fit(
-            data.train_epochs(start_epoch, max_epochs),
-            epochs=max_epochs,
-            initial_epoch=start_epoch,
-            steps_per_epoch=steps_per_epoch,
-            validation_data=data.validation,
-            callbacks=callbacks,
-            shuffle=False,  # the stream is already shuffled per epoch, reproducibly
-            verbose=0,
-        )
+        try:
+            model.fit(
+                data.train_epochs(start_epoch, max_epochs),
+                epochs=max_epochs,
+                initial_epoch=start_epoch,
+                steps_per_epoch=steps_per_epoch,
+                validation_data=data.validation,
+                callbacks=callbacks,
+                shuffle=False,  # the stream is already shuffled per epoch, reproducibly
+                verbose=0,
+            )
+        except KeyboardInterrupt as e:
+            # Ctrl-C, or SIGTERM turned into KeyboardInterrupt by the trainer.
+            # Checkpoints are written atomically, so the last one is whole.
+            status = getattr(e, "exit_status", 130)
+            kept = checkpoints.latest()
+            where = (f"in epoch {position.epoch + 1} at step {position.step}/{steps_per_epoch}"
+                     if position.epoch is not None else "before the first step")
+            raise Interrupted(
+                f"interrupted ({'SIGTERM' if status == 143 else 'SIGINT'}) {where}; "
+                + (f"kept the checkpoint of epoch {kept[1]['epoch']} ({kept[0]})" if kept
+                   else "no checkpoint yet (an interrupted first epoch starts again)")
+                + "; rerun the same command to resume", status) from None
     if guard.tripped:
         latest = checkpoints.latest()
         raise TrainingError(

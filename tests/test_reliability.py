@@ -113,3 +113,31 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
     with open(os.path.join(model_dir, "checkpoints", "latest.json")) as f:
         assert json.load(f)["epoch"] == 3
+
+
+@pytest.mark.parametrize("signum, status, name", [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_a_signal_during_training_stops_with_one_line_and_keeps_the_last_checkpoint(
+        fake_data_dir, tmp_path, signum, status, name):
+    model_dir = tmp_path / "run"
+    args = _args(fake_data_dir, model_dir, "--phase1_epochs=40")
+    process = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        for line in process.stdout:
+            if line.startswith("epoch 2 done"):
+                time.sleep(random.uniform(0.0, 0.5))  # somewhere inside epoch 3
+                process.send_signal(signum)
+                break
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == status
+    errors = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1, err[-2000:]
+    assert f"interrupted ({name})" in errors[0] and "rerun the same command to resume" in errors[0]
+    assert "kept the checkpoint of epoch" in errors[0]
+    assert "Traceback" not in err
+    checkpoints = model_dir / "checkpoints"
+    assert not [p for p in checkpoints.iterdir() if p.name.startswith(".tmp-")]
+    pointer = json.loads((checkpoints / "latest.json").read_text())
+    assert pointer["epoch"] >= 2 and (checkpoints / pointer["weights"]).exists()

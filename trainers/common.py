@@ -324,14 +324,37 @@ def run(config, make_model, make_data, top5=False, check_only=False):
         )
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so both stop training the same way."""
+
+    exit_status = 143
+
+
+def _on_sigterm(signum, frame):
+    del signum, frame
+    raise _Terminated()
+
+
 def main_guard(fn):
-    """Runs `fn()`; known user errors print one line to stderr and exit with status 2."""
+    """Runs `fn()`; known user errors print one line to stderr and exit with status 2.
+
+    Ctrl-C (SIGINT) and SIGTERM print one line saying where training stood,
+    which checkpoint is kept and how to resume, and exit with 130 and 143.
+    """
+    import signal
+
     logging.set_verbosity(logging.WARNING)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     start = time.time()
     try:
         metrics = fn()
     except UsageError as e:
         cli.fail(e, 2)
+    except KeyboardInterrupt as e:
+        # Outside training (start-up, evaluation, saving): nothing partial is left (atomic writes).
+        # A second Ctrl-C while this line prints stops at once.
+        cli.fail(f"interrupted ({'SIGTERM' if isinstance(e, _Terminated) else 'SIGINT'}) outside training; "
+                 "the run's checkpoints are whole; rerun the same command to resume", getattr(e, "exit_status", 130))
     except Exception as e:  # noqa: BLE001 - only the known kinds below are turned into one line
         # Imported here: a bad flag must be reported before TensorFlow loads.
         from energynet_tf import training
@@ -343,6 +366,8 @@ def main_guard(fn):
             cli.fail(e, 2)
         if isinstance(e, training.TrainingError):
             cli.fail(e, 3)
+        if isinstance(e, training.Interrupted):
+            cli.fail(e, e.exit_status)
         raise
     if metrics is not None and FLAGS.verbose:
         summary = {k: metrics[k] for k in ("test_accuracy", "energy_savings", "block_energy_savings", "mac_savings", "epochs") if k in metrics}
