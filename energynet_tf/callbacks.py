@@ -1,7 +1,6 @@
 """Keras callbacks: the alpha phase schedule (DESIGN 1.4) and training guards."""
 
 import dataclasses
-import json
 import math
 
 import keras
@@ -316,6 +315,3 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
     def tripped(self):
         return self.bad_batch is not None
 
-
-def state_to_json(state):
-    return json.dumps(state, sort_keys=True)

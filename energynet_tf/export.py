@@ -1031,7 +1031,7 @@ def load_exported(path, backend=None, num_threads=None):
 # Tools for tests and benchmarks.
 
 
-def _program_gate(model, gate_index, channel, offset, scale, margin):
+def _program_gate(model, gate_index, channel, offset, scale):
     """Gate `gate_index` opens iff (pooled channel `channel` - offset) / scale > 0."""
     projection = model.gate.projections[gate_index]
     kernel, bias = projection.get_weights()
@@ -1133,7 +1133,7 @@ def set_input_dependent_gates(model, images, open_fraction=0.5, margin=20.0):
             offset = ordered[-1] + spread
         else:
             offset = 0.5 * (ordered[closed - 1] + ordered[closed])
-        _program_gate(model, i, channel, offset, spread / 10.0, margin)
+        _program_gate(model, i, channel, offset, spread / 10.0)
         decision = feature > offset
         decisions[:, i] = decision
         run = block(x, training=False)

@@ -4,9 +4,6 @@ import keras
 import numpy as np
 from keras import ops
 
-PACKAGE = "energynet_tf"
-
-
 def _column(values):
     return ops.convert_to_tensor(np.asarray(values, np.float32).reshape(-1, 1))
 

@@ -7,7 +7,6 @@ output size Ho (DESIGN 1.3): H_eff = (Ho - 1) * s + R, i.e. the padded input min
 rows the convolution never reads. A dense layer is a 1x1 convolution on a 1x1 input.
 """
 
-import math
 from typing import List, Optional
 
 from energynet_tf import systolic

@@ -6,7 +6,6 @@ import sys
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from energynet_tf import callbacks as callbacks_lib

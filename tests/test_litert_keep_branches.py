@@ -85,6 +85,7 @@ def test_existing_out_is_a_usage_error_and_writes_nothing(tmp_path):
     assert list((tmp_path / "keep").iterdir()) == []
 
 
+@pytest.mark.slow  # a diagnostic that patches a copy of LiteRT's library: opt-in (-m slow)
 @pytest.mark.skipif(platform.machine() != "x86_64" or shutil.which("nm") is None, reason="x86-64 with binutils only")
 def test_patched_copy_runs_gated_models_with_identical_outputs(tmp_path):
     package = tool.installed_package()

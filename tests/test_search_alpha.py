@@ -78,7 +78,7 @@ def test_static_front_is_drawn_when_present(search, tmp_path):
     static = tmp_path / "static.csv"
     static.write_text("depth,test_accuracy,energy,relative_energy,energy_savings_vs_deepest,epochs,wall_seconds,model_dir\n"
                       "8,0.1,1.0e6,0.5,0.5,3,1.0,x\n14,0.12,2.0e6,1.0,0.0,3,1.0,y\n")
-    result = run_module("tools.search_alpha", f"--data_dir=/unused", f"--out={out}", "--max_trials=2",
+    result = run_module("tools.search_alpha", "--data_dir=/unused", f"--out={out}", "--max_trials=2",
                         "--alpha_min=0.5", "--alpha_max=4", f"--static_csv={static}", *TINY_BUDGET)
     assert result.returncode == 0, result.stderr[-2000:]
 

@@ -175,6 +175,7 @@ def test_os_ofmap_sram_writes_keep_scalesim_overcount():
     assert counts["sram_ofmap_writes"][0] == 64 * 64 + 4 * (32 + 32)
 
 
+@pytest.mark.slow  # a wall-clock goal: measured by tools.bench_systolic, not asserted in CI
 def test_resnet38_estimate_is_fast():
     from tools import make_systolic_golden
     layers = [systolic.LayerShape(*row) for row in make_systolic_golden.resnet38_layers()]

@@ -1,7 +1,6 @@
 """Tests of energynet_tf/training.py: checkpoints that survive damage."""
 
 import json
-import os
 
 import keras
 import pytest

@@ -225,14 +225,12 @@ def plot_front(rows, front, baseline, static_rows, recipe, path):
     ax.plot([0], [100 * baseline["test_accuracy"]], "s", color="tab:blue", ms=9,
             label=f"baseline ResNet-{recipe.depth} (test)")
     if static_rows:
-        deepest = max(static_rows, key=lambda r: r["energy"])
         sx = [100 * (1 - r["energy"] / reference) for r in static_rows]
         sy = [100 * r["test_accuracy"] for r in static_rows]
         ax.plot(sx, sy, "--o", color="tab:gray", label="static depths (plain ResNets, test)")
         for r, x, y in zip(static_rows, sx, sy):
             ax.annotate(f"{r['depth']}", (x, y), fontsize=8, xytext=(4, -10), textcoords="offset points",
                         color="tab:gray")
-        del deepest
     ax.set_xlabel(f"energy savings against the full ResNet-{recipe.depth}, gates charged (%)")
     ax.set_ylabel("accuracy (%)")
     budget = (f"{recipe.epochs} epochs"
