@@ -136,6 +136,7 @@ class AlphaPhases(keras.callbacks.Callback):
         self.phase3_reason = None
         self.finished = False
         self._epoch = 0
+        self.batch_offset = 0  # steps already done in the epoch a run resumed inside
 
     # -- state ----------------------------------------------------------------
     def get_state(self):
@@ -168,10 +169,10 @@ class AlphaPhases(keras.callbacks.Callback):
             self.model.gates_forced_open.assign(1.0 if forced else 0.0)
         if hasattr(self.model, "gate_lr_multiplier"):
             self.model.gate_lr_multiplier.assign(0.0 if forced else self.schedule.gate_lr_multiplier)
-        self._set_lr(epoch, 0)
+        self._set_lr(epoch, self.batch_offset)
 
     def on_train_batch_begin(self, batch, logs=None):
-        self._set_lr(self._epoch, batch)
+        self._set_lr(self._epoch, batch + self.batch_offset)
 
     def _set_lr(self, epoch, batch):
         length = max(self.schedule.length(self.phase), 1)
@@ -184,6 +185,7 @@ class AlphaPhases(keras.callbacks.Callback):
         self.model.alpha.assign(self.schedule.alpha(self.phase, into_phase))
 
     def on_epoch_end(self, epoch, logs=None):
+        self.batch_offset = 0
         logs = logs if logs is not None else {}
         logs["phase"] = float(self.phase)
         logs["alpha"] = float(self.model.alpha.numpy())

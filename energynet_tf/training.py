@@ -6,6 +6,7 @@ import sys
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from energynet_tf import callbacks as callbacks_lib
@@ -36,12 +37,16 @@ class Position(keras.callbacks.Callback):
         super().__init__()
         self.epoch = None
         self.step = 0
+        self.batch_offset = 0
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch, self.step = epoch, 0
+        self.epoch, self.step = epoch, self.batch_offset
 
     def on_train_batch_end(self, batch, logs=None):
-        self.step = batch + 1
+        self.step = batch + 1 + self.batch_offset
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.batch_offset = 0
 
 
 class RunCheckpoints:
@@ -88,7 +93,8 @@ class RunCheckpoints:
         pointed = None
         try:
             with open(self._pointer) as f:
-                pointed = int(json.load(f)["epoch"])
+                pointer = json.load(f)
+            pointed = (int(pointer["epoch"]), int(pointer.get("step", 0)))
         except FileNotFoundError:
             if candidates:
                 _warn(f"{self._pointer} is missing; looking at the checkpoint files instead")
@@ -96,15 +102,15 @@ class RunCheckpoints:
             _warn(f"{self._pointer} is damaged ({type(e).__name__}: {e}); looking at the checkpoint files instead")
         if pointed is not None:
             # A kill between a checkpoint's two files and the pointer's update
-            # leaves a newer epoch without its state: not damage, just unfinished.
-            candidates = [e for e in candidates if e <= pointed or os.path.exists(
-                os.path.join(self.directory, f"epoch-{e:04d}.json"))]
+            # leaves a newer one without its state: not damage, just unfinished.
+            candidates = [c for c in candidates if c <= pointed or os.path.exists(
+                os.path.join(self.directory, _checkpoint_name(*c) + ".json"))]
         tried = []
-        for epoch in sorted(candidates, reverse=True):
-            name = f"epoch-{epoch:04d}"
+        for epoch, step in sorted(candidates, reverse=True):
+            name = _checkpoint_name(epoch, step)
             weights = os.path.join(self.directory, name + ".keras")
             state_path = os.path.join(self.directory, name + ".json")
-            problem = _check_checkpoint(weights, state_path, epoch)
+            problem = _check_checkpoint(weights, state_path, epoch, step)
             if problem is None:
                 with open(state_path) as f:
                     return weights, json.load(f)
@@ -121,48 +127,68 @@ class RunCheckpoints:
         return None
 
     def _epochs(self):
-        """Epochs that have a state file or a weights file."""
-        epochs = set()
+        """Positions `(epochs completed, steps into the next)` that have a state file or a weights file."""
+        positions = set()
         for f in os.listdir(self.directory):
-            if f.startswith("epoch-") and (f.endswith(".json") or f.endswith(".keras")) and f[6:10].isdigit():
-                epochs.add(int(f[6:10]))
-        return sorted(epochs)
+            if f.startswith("epoch-") and (f.endswith(".json") or f.endswith(".keras")):
+                position = _parse_name(f.rsplit(".", 1)[0])
+                if position is not None:
+                    positions.add(position)
+        return sorted(positions)
 
-    def save(self, model, epoch, state):
-        """Writes the checkpoint of `epoch` (1-based: epochs completed)."""
+    def save(self, model, epoch, state, step=0):
+        """Writes the checkpoint of `epoch` epochs completed plus `step` steps into the next."""
         os.makedirs(self.directory, exist_ok=True)
-        name = f"epoch-{epoch:04d}"
+        name = _checkpoint_name(epoch, step)
         io_utils.atomic_save_model(model, os.path.join(self.directory, name + ".keras"))
         io_utils.atomic_write_json(os.path.join(self.directory, name + ".json"), state)
-        io_utils.atomic_write_json(self._pointer, {"epoch": epoch, "weights": name + ".keras", "state": name + ".json"})
-        self._prune(epoch)
+        io_utils.atomic_write_json(self._pointer, {"epoch": epoch, "step": step, "weights": name + ".keras",
+                                                   "state": name + ".json"})
+        self._prune()
 
-    def _prune(self, epoch):
-        epochs = sorted(
-            int(f[6:10]) for f in os.listdir(self.directory) if f.startswith("epoch-") and f.endswith(".json")
-        )
-        for old in epochs[: -self.keep]:
-            if old in self.pinned:
+    def _prune(self):
+        positions = sorted(p for p in (_parse_name(f[:-5]) for f in os.listdir(self.directory)
+                                       if f.startswith("epoch-") and f.endswith(".json")) if p is not None)
+        for epoch, step in positions[: -self.keep]:
+            if step == 0 and epoch in self.pinned:
                 continue
             for suffix in (".keras", ".json"):
-                path = os.path.join(self.directory, f"epoch-{old:04d}{suffix}")
+                path = os.path.join(self.directory, _checkpoint_name(epoch, step) + suffix)
                 if os.path.exists(path):
                     os.remove(path)
+
+
+def _checkpoint_name(epoch, step=0):
+    return f"epoch-{epoch:04d}" + (f"-step-{step:06d}" if step else "")
+
+
+def _parse_name(name):
+    """`(epoch, step)` of a checkpoint's base name, or None."""
+    parts = name.split("-")
+    try:
+        if len(parts) == 2 and parts[0] == "epoch":
+            return int(parts[1]), 0
+        if len(parts) == 4 and parts[0] == "epoch" and parts[2] == "step":
+            return int(parts[1]), int(parts[3])
+    except ValueError:
+        return None
+    return None
 
 
 def _warn(message):
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def _check_checkpoint(weights, state_path, epoch):
-    """None if the checkpoint pair of `epoch` is intact, else what is wrong with it."""
+def _check_checkpoint(weights, state_path, epoch, step=0):
+    """None if the checkpoint pair of `(epoch, step)` is intact, else what is wrong with it."""
     import zipfile
 
     try:
         with open(state_path) as f:
             state = json.load(f)
-        if int(state["epoch"]) != epoch or "schedule_state" not in state or "history" not in state:
-            return f"{os.path.basename(state_path)} does not describe epoch {epoch}"
+        if (int(state["epoch"]) != epoch or int(state.get("step", 0)) != step or "schedule_state" not in state
+                or "history" not in state):
+            return f"{os.path.basename(state_path)} does not describe epoch {epoch}, step {step}"
     except FileNotFoundError:
         return f"{os.path.basename(state_path)} is missing"
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -182,17 +208,77 @@ def _check_checkpoint(weights, state_path, epoch):
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves a `RunCheckpoints` checkpoint after each epoch whose loss is finite."""
+    """Saves a `RunCheckpoints` checkpoint after each epoch whose loss is finite, and within epochs.
 
-    def __init__(self, checkpoints, schedule_callback, guard, clock, history):
+    Within an epoch it saves every `every_steps` steps and when a stop was
+    requested (`StopRequest`: Ctrl-C or SIGTERM), then raises
+    `KeyboardInterrupt` so that the interrupted epoch never reaches its end
+    (no validation, no epoch checkpoint of a partial epoch). A step
+    checkpoint holds the running values of the epoch's metrics, so the
+    resumed epoch reports what an uninterrupted one would.
+
+    Args:
+        checkpoints: a `RunCheckpoints`.
+        schedule_callback: the phase schedule (its state is saved).
+        guard: the `NonFiniteLossGuard` (nothing is saved once it tripped).
+        clock: returns the run's wall seconds.
+        history: the list of epoch logs (appended to).
+        steps_per_epoch: steps per epoch.
+        every_steps: save within epochs every this many steps (0: never).
+        stop_request: a `StopRequest`, or None.
+    """
+
+    def __init__(self, checkpoints, schedule_callback, guard, clock, history, steps_per_epoch=None,
+                 every_steps=0, stop_request=None):
         super().__init__()
         self.checkpoints = checkpoints
         self.schedule_callback = schedule_callback
         self.guard = guard
         self.clock = clock
         self.history = history
+        self.steps_per_epoch = steps_per_epoch
+        self.every_steps = every_steps
+        self.stop_request = stop_request
+        self.batch_offset = 0  # steps already done in the epoch a run resumed inside
+        self.restore_metrics = None  # metric values to restore when that epoch begins
+        self._epoch = 0
+        self.saved_step = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.restore_metrics is not None:
+            # The metrics are running sums that fit() reset when the resumed
+            # epoch began (and builds lazily, so not before its first step):
+            # adding the saved sums gives, bit for bit, the uninterrupted
+            # epoch's (float addition is commutative).
+            for variable in self.model.metrics_variables:
+                saved = self.restore_metrics.get(variable.path)
+                if saved is not None:
+                    variable.assign(np.asarray(saved, dtype=variable.dtype) + np.asarray(variable))
+            self.restore_metrics = None
+        if self.guard.tripped:
+            return
+        step = batch + 1 + self.batch_offset
+        stop = self.stop_request is not None and self.stop_request.signum is not None
+        due = self.every_steps and step % self.every_steps == 0
+        if (stop or due) and self.steps_per_epoch and step < self.steps_per_epoch:
+            state = {
+                "epoch": self._epoch,
+                "step": step,
+                "schedule_state": self.schedule_callback.get_state(),
+                "wall_seconds": self.clock(),
+                "history": self.history,
+                "metrics_values": {v.path: np.asarray(v).tolist() for v in self.model.metrics_variables},
+            }
+            self.checkpoints.save(self.model, self._epoch, state, step=step)
+            self.saved_step = (self._epoch, step)
+        if stop:
+            raise self.stop_request.interrupt()
 
     def on_epoch_end(self, epoch, logs=None):
+        self.batch_offset = 0
         if self.guard.tripped:
             return
         self.history.append(_jsonable(logs))
@@ -205,6 +291,45 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.checkpoints.save(self.model, epoch + 1, state)
 
 
+class StopRequest:
+    """Turns the first Ctrl-C or SIGTERM into a request that training honours at the next step.
+
+    The first signal is remembered (`signum`); `EpochCheckpoint` then saves
+    the current step and stops. A second signal stops at once (the last
+    checkpoint on disk is whole: every write is atomic). Handlers are
+    installed only in the main thread and restored by `restore()`.
+    """
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.signum = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        del frame
+        if self.signum is not None:
+            raise self.interrupt(signum)
+        self.signum = signum
+
+    def interrupt(self, signum=None):
+        """The `KeyboardInterrupt` that carries the exit status of the signal."""
+        error = KeyboardInterrupt()
+        error.exit_status = 128 + int(signum or self.signum)
+        return error
+
+    def restore(self):
+        import signal
+
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
 class ProgressLogger(keras.callbacks.Callback):
     """Prints compact progress: step rate, loss, accuracy, energy savings."""
 
@@ -214,15 +339,18 @@ class ProgressLogger(keras.callbacks.Callback):
         self.batch_size = batch_size
         self.every = every
         self.stream = stream or sys.stdout
+        self.batch_offset = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self._start = time.time()
 
     def on_train_batch_end(self, batch, logs=None):
+        done = batch + 1  # steps of this process (the rate's numerator)
+        batch += self.batch_offset
         if (batch + 1) % self.every == 0 or batch + 1 == self.steps_per_epoch:
             logs = logs or {}
-            rate = (batch + 1) * self.batch_size / max(time.time() - self._start, 1e-9)
+            rate = done * self.batch_size / max(time.time() - self._start, 1e-9)
             print(
                 f"epoch {self._epoch + 1} step {batch + 1}/{self.steps_per_epoch} "
                 f"{rate:.0f} img/s loss {float(logs.get('loss', float('nan'))):.4f} "
@@ -238,6 +366,7 @@ class ProgressLogger(keras.callbacks.Callback):
         parts = [f"{k} {float(logs[k]):.4f}" for k in keys if k in logs]
         print(f"epoch {epoch + 1} done in {time.time() - self._start:.0f}s: " + ", ".join(parts),
               file=self.stream, flush=True)
+        self.batch_offset = 0
 
 
 class SkipRatioBoard(keras.callbacks.Callback):
@@ -319,6 +448,7 @@ def train_and_evaluate(
     keep_checkpoints=2,
     pinned_epochs=(),
     evaluate_test=True,
+    checkpoint_every_steps=0,
 ):
     """Trains `model` through the alpha phases, resuming from `model_dir`, and evaluates it.
 
@@ -341,6 +471,8 @@ def train_and_evaluate(
         pinned_epochs: epochs whose checkpoints are kept whatever `keep_checkpoints` says.
         evaluate_test: evaluate on `data.test`; without it `metrics.json` holds
             no `test_*` numbers (a search selects on validation only).
+        checkpoint_every_steps: also checkpoint within epochs every this many
+            steps (0: at epoch ends only); a run resumes at the exact step.
 
     Returns:
         The dict written to `metrics.json`.
@@ -348,6 +480,7 @@ def train_and_evaluate(
     Raises:
         TrainingError: if the loss became NaN or infinite (the last good
             checkpoint is kept).
+        Interrupted: on Ctrl-C or SIGTERM, after saving the current step.
     """
     os.makedirs(model_dir, exist_ok=True)
     compile_model(model, optimizer, top5=top5)
@@ -368,16 +501,17 @@ def train_and_evaluate(
             validation_examples=data.num_validation_examples or None)
     max_epochs = phases.schedule.max_epochs
 
-    start_epoch = 0
+    start_epoch, start_step = 0, 0
     state = {"wall_seconds": 0.0, "history": []}
     latest = checkpoints.latest()
     if latest is not None:
         weights, state = latest
         model.load_weights(weights)
-        start_epoch = int(state["epoch"])
+        start_epoch, start_step = int(state["epoch"]), int(state.get("step", 0))
         phases.set_state(state["schedule_state"])
         if verbose:
-            print(f"Resuming from {weights} (epoch {start_epoch}, phase {phases.phase})", flush=True)
+            where = f"epoch {start_epoch}" + (f" + {start_step} steps" if start_step else "")
+            print(f"Resuming from {weights} ({where}, phase {phases.phase})", flush=True)
     history = list(state["history"])
     previous_wall = float(state["wall_seconds"])
     started = time.time()
@@ -386,45 +520,69 @@ def train_and_evaluate(
         return previous_wall + (time.time() - started)
 
     guard = callbacks_lib.NonFiniteLossGuard()
-    saver = EpochCheckpoint(checkpoints, phases, guard, clock, history)
+    stop = StopRequest()
+    saver = EpochCheckpoint(checkpoints, phases, guard, clock, history, steps_per_epoch=steps_per_epoch,
+                            every_steps=checkpoint_every_steps, stop_request=stop)
     tensorboard_dir = os.path.join(model_dir, "tensorboard")
+    position = Position()
+    progress = ProgressLogger(steps_per_epoch, batch_size) if verbose else None
     callbacks = [
         phases,
         guard,
-        saver,
         keras.callbacks.TensorBoard(tensorboard_dir, write_graph=False),
         SkipRatioBoard(tensorboard_dir, model.num_gates),
+        position,
     ]
-    if verbose:
-        callbacks.append(ProgressLogger(steps_per_epoch, batch_size))
+    if progress is not None:
+        callbacks.append(progress)
     callbacks.extend(extra_callbacks)
+    # Last: a step checkpoint sees the step's logs after every other callback.
+    callbacks.append(saver)
 
-    position = Position()
-    callbacks.append(position)
-    if not phases.finished and start_epoch < max_epochs:
-        try:
-            model.fit(
-                data.train_epochs(start_epoch, max_epochs),
-                epochs=max_epochs,
-                initial_epoch=start_epoch,
-                steps_per_epoch=steps_per_epoch,
-                validation_data=data.validation,
-                callbacks=callbacks,
-                shuffle=False,  # the stream is already shuffled per epoch, reproducibly
-                verbose=0,
-            )
-        except KeyboardInterrupt as e:
-            # Ctrl-C, or SIGTERM turned into KeyboardInterrupt by the trainer.
-            # Checkpoints are written atomically, so the last one is whole.
-            status = getattr(e, "exit_status", 130)
-            kept = checkpoints.latest()
-            where = (f"in epoch {position.epoch + 1} at step {position.step}/{steps_per_epoch}"
-                     if position.epoch is not None else "before the first step")
-            raise Interrupted(
-                f"interrupted ({'SIGTERM' if status == 143 else 'SIGINT'}) {where}; "
-                + (f"kept the checkpoint of epoch {kept[1]['epoch']} ({kept[0]})" if kept
-                   else "no checkpoint yet (an interrupted first epoch starts again)")
-                + "; rerun the same command to resume", status) from None
+    def fit(first, end, skip=0):
+        # `skip` steps of epoch `first` were trained before an interruption:
+        # the stream skips them and the batch-aware callbacks count from there.
+        for callback in (phases, saver, position, progress):
+            if callback is not None:
+                callback.batch_offset = skip
+        stream = data.train_epochs(first, end)
+        model.fit(
+            stream.skip(skip) if skip else stream,
+            epochs=end,
+            initial_epoch=first,
+            steps_per_epoch=steps_per_epoch - skip,
+            validation_data=data.validation,
+            callbacks=callbacks,
+            shuffle=False,  # the stream is already shuffled per epoch, reproducibly
+            verbose=0,
+        )
+
+    resumed_epoch = start_epoch
+    try:
+        if not phases.finished and start_epoch < max_epochs:
+            if start_step:
+                saver.restore_metrics = state.get("metrics_values")
+                fit(start_epoch, start_epoch + 1, skip=start_step)
+                start_epoch += 1
+            if not phases.finished and not guard.tripped and start_epoch < max_epochs:
+                fit(start_epoch, max_epochs)
+    except KeyboardInterrupt as e:
+        # Ctrl-C or SIGTERM: the current step was saved (StopRequest); a
+        # second signal stops at once, and the newest checkpoint is whole.
+        status = getattr(e, "exit_status", 130)
+        kept = checkpoints.latest()
+        where = (f"in epoch {position.epoch + 1} at step {position.step}/{steps_per_epoch}"
+                 if position.epoch is not None else "before the first step")
+        kept_text = "no checkpoint yet (an interrupted first epoch starts again)"
+        if kept:
+            kept_state = kept[1]
+            at = f"epoch {kept_state['epoch']}" + (f" + {kept_state['step']} steps" if kept_state.get("step") else "")
+            kept_text = f"kept the checkpoint at {at} ({kept[0]})"
+        raise Interrupted(
+            f"interrupted ({'SIGTERM' if status == 143 else 'SIGINT'}) {where}; {kept_text}; "
+            "rerun the same command to resume", status) from None
+    finally:
+        stop.restore()
     if guard.tripped:
         latest = checkpoints.latest()
         raise TrainingError(
@@ -432,7 +590,7 @@ def train_and_evaluate(
             f"(batch {guard.bad_batch + 1}); training stopped and the last good checkpoint "
             f"({latest[0] if latest else 'none'}) was kept. Lower the learning rate or alpha."
         )
-    epochs_run = start_epoch + len(history) - len(state["history"])
+    epochs_run = resumed_epoch + len(history) - len(state["history"])
     table = model.energy_table
     metrics = {
         "baseline_energy": table.total_energy,

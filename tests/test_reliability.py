@@ -82,7 +82,9 @@ def _kill_after_epoch_lines(args, epochs_to_see, rng):
 def test_sigkill_at_random_moments_then_resume_gives_the_same_metrics(uninterrupted, fake_data_dir, tmp_path):
     rng = random.Random(1234)
     model_dir = str(tmp_path / "run")
-    args = _args(fake_data_dir, model_dir)
+    # Checkpoints every 2 of the 8 steps of an epoch: most kills land inside an
+    # epoch and the run resumes at the step (the uninterrupted run made none).
+    args = _args(fake_data_dir, model_dir, "--checkpoint_every_steps=2")
     kills = 0
     # An epoch of this tiny run takes well under a second: a kill may come
     # after the run has finished, so try until three kills land or the run is done.
@@ -98,6 +100,24 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_metrics(uninterrup
     assert not os.path.exists(os.path.join(model_dir, "metrics.json")) or _metrics(model_dir)
     result = _run(args)
     assert "Resuming" in result.stdout
+    assert _metrics(model_dir) == _metrics(uninterrupted)
+
+
+def test_a_kill_inside_an_epoch_resumes_at_the_step_with_the_same_metrics(uninterrupted, fake_data_dir, tmp_path):
+    model_dir = tmp_path / "run"
+    args = _args(fake_data_dir, model_dir, "--checkpoint_every_steps=3")
+    rng = random.Random(99)
+    for epoch, step in ((rng.randrange(0, 3), 3), (rng.randrange(3, 5), 6)):
+        target = model_dir / "checkpoints" / f"epoch-{epoch:04d}-step-{step:06d}.json"
+        process = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 240
+        while not target.exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert target.exists()
+    result = _run(args)
+    assert f"(epoch {epoch} + " in result.stdout  # resumed inside the epoch, not at its start
     assert _metrics(model_dir) == _metrics(uninterrupted)
 
 
@@ -135,9 +155,10 @@ def test_a_signal_during_training_stops_with_one_line_and_keeps_the_last_checkpo
     errors = [l for l in err.splitlines() if l.startswith("error:")]
     assert len(errors) == 1, err[-2000:]
     assert f"interrupted ({name})" in errors[0] and "rerun the same command to resume" in errors[0]
-    assert "kept the checkpoint of epoch" in errors[0]
+    # The signal's own checkpoint: the step reached inside epoch 3 (or later).
+    assert "kept the checkpoint at epoch " in errors[0] and " steps (" in errors[0]
     assert "Traceback" not in err
     checkpoints = model_dir / "checkpoints"
     assert not [p for p in checkpoints.iterdir() if p.name.startswith(".tmp-")]
     pointer = json.loads((checkpoints / "latest.json").read_text())
-    assert pointer["epoch"] >= 2 and (checkpoints / pointer["weights"]).exists()
+    assert pointer["epoch"] >= 2 and pointer["step"] >= 1 and (checkpoints / pointer["weights"]).exists()

@@ -14,7 +14,8 @@ from absl import logging  # noqa: E402
 FLAGS = flags.FLAGS
 
 # Keys of config.json that may change between a run and its resumption.
-_RESUMABLE_KEYS = ("model_dir", "data_dir", "verbose", "keep_checkpoints", "pin_checkpoints", "evaluate_test")
+_RESUMABLE_KEYS = ("model_dir", "data_dir", "verbose", "keep_checkpoints", "pin_checkpoints", "evaluate_test",
+                   "checkpoint_every_steps")
 
 
 from energynet_tf import cli  # noqa: E402
@@ -52,7 +53,8 @@ def define_flags(default_depth, default_batch_size=128):
     flags.DEFINE_enum("energy_term", "decisions", ["expected", "decisions"], "What the loss charges: the energy of the decisions taken (straight-through gradient) or the expected energy of the soft probabilities.")
     flags.DEFINE_integer("alpha_ramp_epochs", 0, "Phase II ramps alpha linearly from alpha1 to alpha2 over this many epochs (0: a step).")
     flags.DEFINE_float("restore_z", 0.0, "Phase III runs if phase II lost more than restore_threshold plus this many standard errors of validation accuracy (0: the paper's test).")
-    flags.DEFINE_integer("keep_checkpoints", 2, "Epoch checkpoints to keep in model_dir/checkpoints.")
+    flags.DEFINE_integer("keep_checkpoints", 2, "Checkpoints to keep in model_dir/checkpoints (epoch ends and steps).")
+    flags.DEFINE_integer("checkpoint_every_steps", 100, "Also checkpoint within an epoch every this many steps (0: at epoch ends only); a rerun resumes at that step. Ctrl-C and SIGTERM save the current step.")
     flags.DEFINE_list("pin_checkpoints", [], "Epochs whose checkpoints are never removed (e.g. the epoch an EnergyNet run starts from).")
     flags.DEFINE_float("momentum", 0.9, "SGD (Nesterov) momentum.")
     flags.DEFINE_integer("gate_units", 10, "Width of the gates' projections and shared LSTM cell.")
@@ -97,7 +99,8 @@ def check_flags(extra_config):
             raise UsageError(f"--{name}={value} must be a positive integer (or left unset)")
     if FLAGS.phase1_epochs < 1:
         raise UsageError(f"--phase1_epochs={FLAGS.phase1_epochs} must be >= 1")
-    for name in ("phase2_epochs", "phase3_epochs", "warmup_epochs", "gate_warmup_epochs", "seed", "alpha_ramp_epochs"):
+    for name in ("phase2_epochs", "phase3_epochs", "warmup_epochs", "gate_warmup_epochs", "seed", "alpha_ramp_epochs",
+                 "checkpoint_every_steps"):
         value = getattr(FLAGS, name)
         if value < 0:
             raise UsageError(f"--{name}={value} must be >= 0")
@@ -166,6 +169,7 @@ def check_flags(extra_config):
             "ofmap_sram_kb": FLAGS.ofmap_sram_kb,
         },
         "keep_checkpoints": FLAGS.keep_checkpoints,
+        "checkpoint_every_steps": FLAGS.checkpoint_every_steps,
         "pin_checkpoints": pinned,
         "deterministic": FLAGS.deterministic,
         "verbose": FLAGS.verbose,
@@ -321,6 +325,7 @@ def run(config, make_model, make_data, top5=False, check_only=False):
             keep_checkpoints=config.get("keep_checkpoints", 2),
             pinned_epochs=config.get("pin_checkpoints", ()),
             evaluate_test=config.get("evaluate_test", True),
+            checkpoint_every_steps=config.get("checkpoint_every_steps", 0),
         )
 
 
