@@ -6,8 +6,6 @@ import sys
 import time
 
 import keras
-import numpy as np
-import tensorflow as tf
 
 from energynet_tf import callbacks as callbacks_lib
 from energynet_tf import io_utils
@@ -28,25 +26,6 @@ class Interrupted(Exception):
     def __init__(self, message, exit_status):
         super().__init__(message)
         self.exit_status = exit_status
-
-
-class Position(keras.callbacks.Callback):
-    """Remembers the epoch and step training has reached (for the message of an interruption)."""
-
-    def __init__(self):
-        super().__init__()
-        self.epoch = None
-        self.step = 0
-        self.batch_offset = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch, self.step = epoch, self.batch_offset
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.step = batch + 1 + self.batch_offset
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.batch_offset = 0
 
 
 class RunCheckpoints:
@@ -207,191 +186,6 @@ def _check_checkpoint(weights, state_path, epoch, step=0):
     return None
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves a `RunCheckpoints` checkpoint after each epoch whose loss is finite, and within epochs.
-
-    Within an epoch it saves every `every_steps` steps and when a stop was
-    requested (`StopRequest`: Ctrl-C or SIGTERM), then raises
-    `KeyboardInterrupt` so that the interrupted epoch never reaches its end
-    (no validation, no epoch checkpoint of a partial epoch). A step
-    checkpoint holds the running values of the epoch's metrics, so the
-    resumed epoch reports what an uninterrupted one would.
-
-    Args:
-        checkpoints: a `RunCheckpoints`.
-        schedule_callback: the phase schedule (its state is saved).
-        guard: the `NonFiniteLossGuard` (nothing is saved once it tripped).
-        clock: returns the run's wall seconds.
-        history: the list of epoch logs (appended to).
-        steps_per_epoch: steps per epoch.
-        every_steps: save within epochs every this many steps (0: never).
-        stop_request: a `StopRequest`, or None.
-    """
-
-    def __init__(self, checkpoints, schedule_callback, guard, clock, history, steps_per_epoch=None,
-                 every_steps=0, stop_request=None):
-        super().__init__()
-        self.checkpoints = checkpoints
-        self.schedule_callback = schedule_callback
-        self.guard = guard
-        self.clock = clock
-        self.history = history
-        self.steps_per_epoch = steps_per_epoch
-        self.every_steps = every_steps
-        self.stop_request = stop_request
-        self.batch_offset = 0  # steps already done in the epoch a run resumed inside
-        self.restore_metrics = None  # metric values to restore when that epoch begins
-        self._epoch = 0
-        self.saved_step = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.restore_metrics is not None:
-            # The metrics are running sums that fit() reset when the resumed
-            # epoch began (and builds lazily, so not before its first step):
-            # adding the saved sums gives, bit for bit, the uninterrupted
-            # epoch's (float addition is commutative).
-            for variable in self.model.metrics_variables:
-                saved = self.restore_metrics.get(variable.path)
-                if saved is not None:
-                    variable.assign(np.asarray(saved, dtype=variable.dtype) + np.asarray(variable))
-            self.restore_metrics = None
-        if self.guard.tripped:
-            return
-        step = batch + 1 + self.batch_offset
-        stop = self.stop_request is not None and self.stop_request.signum is not None
-        due = self.every_steps and step % self.every_steps == 0
-        if (stop or due) and self.steps_per_epoch and step < self.steps_per_epoch:
-            state = {
-                "epoch": self._epoch,
-                "step": step,
-                "schedule_state": self.schedule_callback.get_state(),
-                "wall_seconds": self.clock(),
-                "history": self.history,
-                "metrics_values": {v.path: np.asarray(v).tolist() for v in self.model.metrics_variables},
-            }
-            self.checkpoints.save(self.model, self._epoch, state, step=step)
-            self.saved_step = (self._epoch, step)
-        if stop:
-            raise self.stop_request.interrupt()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.batch_offset = 0
-        if self.guard.tripped:
-            return
-        self.history.append(_jsonable(logs))
-        state = {
-            "epoch": epoch + 1,
-            "schedule_state": self.schedule_callback.get_state(),
-            "wall_seconds": self.clock(),
-            "history": self.history,
-        }
-        self.checkpoints.save(self.model, epoch + 1, state)
-
-
-class StopRequest:
-    """Turns the first Ctrl-C or SIGTERM into a request that training honours at the next step.
-
-    The first signal is remembered (`signum`); `EpochCheckpoint` then saves
-    the current step and stops. A second signal stops at once (the last
-    checkpoint on disk is whole: every write is atomic). Handlers are
-    installed only in the main thread and restored by `restore()`.
-    """
-
-    def __init__(self):
-        import signal
-        import threading
-
-        self.signum = None
-        self._previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-
-    def _handle(self, signum, frame):
-        del frame
-        if self.signum is not None:
-            raise self.interrupt(signum)
-        self.signum = signum
-
-    def interrupt(self, signum=None):
-        """The `KeyboardInterrupt` that carries the exit status of the signal."""
-        error = KeyboardInterrupt()
-        error.exit_status = 128 + int(signum or self.signum)
-        return error
-
-    def restore(self):
-        import signal
-
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
-
-
-class ProgressLogger(keras.callbacks.Callback):
-    """Prints compact progress: step rate, loss, accuracy, energy savings."""
-
-    def __init__(self, steps_per_epoch, batch_size, every=50, stream=None):
-        super().__init__()
-        self.steps_per_epoch = steps_per_epoch
-        self.batch_size = batch_size
-        self.every = every
-        self.stream = stream or sys.stdout
-        self.batch_offset = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-        self._start = time.time()
-
-    def on_train_batch_end(self, batch, logs=None):
-        done = batch + 1  # steps of this process (the rate's numerator)
-        batch += self.batch_offset
-        if (batch + 1) % self.every == 0 or batch + 1 == self.steps_per_epoch:
-            logs = logs or {}
-            rate = done * self.batch_size / max(time.time() - self._start, 1e-9)
-            print(
-                f"epoch {self._epoch + 1} step {batch + 1}/{self.steps_per_epoch} "
-                f"{rate:.0f} img/s loss {float(logs.get('loss', float('nan'))):.4f} "
-                f"acc {float(logs.get('accuracy', float('nan'))):.4f} "
-                f"energy_savings {float(logs.get('energy_savings', float('nan'))):.4f}",
-                file=self.stream, flush=True,
-            )
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        keys = ("loss", "accuracy", "energy_savings", "val_loss", "val_accuracy",
-                "val_energy_savings", "val_block_energy_savings", "alpha", "phase", "lr")
-        parts = [f"{k} {float(logs[k]):.4f}" for k in keys if k in logs]
-        print(f"epoch {epoch + 1} done in {time.time() - self._start:.0f}s: " + ", ".join(parts),
-              file=self.stream, flush=True)
-        self.batch_offset = 0
-
-
-class SkipRatioBoard(keras.callbacks.Callback):
-    """Writes per-block skip ratios under `skip_ratio/` in TensorBoard."""
-
-    def __init__(self, log_dir, num_gates):
-        super().__init__()
-        self.num_gates = num_gates
-        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "skip_ratios"))
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        with self.writer.as_default():
-            for prefix in ("", "val_"):
-                for i in range(self.num_gates):
-                    key = prefix + metrics_lib.skip_key(i)
-                    if key in logs:
-                        tf.summary.scalar(f"{prefix}skip_ratio/block_{i + 1:02d}", float(logs[key]), step=epoch)
-        self.writer.flush()
-
-
-def _jsonable(logs):
-    return {k: float(v) for k, v in (logs or {}).items()}
-
-
 def make_optimizer(momentum=0.9, weight_decay=None, nesterov=True):
     """SGD with Nesterov momentum; the LR is set by the schedule.
 
@@ -520,17 +314,17 @@ def train_and_evaluate(
         return previous_wall + (time.time() - started)
 
     guard = callbacks_lib.NonFiniteLossGuard()
-    stop = StopRequest()
-    saver = EpochCheckpoint(checkpoints, phases, guard, clock, history, steps_per_epoch=steps_per_epoch,
+    stop = callbacks_lib.StopRequest()
+    saver = callbacks_lib.EpochCheckpoint(checkpoints, phases, guard, clock, history, steps_per_epoch=steps_per_epoch,
                             every_steps=checkpoint_every_steps, stop_request=stop)
     tensorboard_dir = os.path.join(model_dir, "tensorboard")
-    position = Position()
-    progress = ProgressLogger(steps_per_epoch, batch_size) if verbose else None
+    position = callbacks_lib.Position()
+    progress = callbacks_lib.ProgressLogger(steps_per_epoch, batch_size) if verbose else None
     callbacks = [
         phases,
         guard,
         keras.callbacks.TensorBoard(tensorboard_dir, write_graph=False),
-        SkipRatioBoard(tensorboard_dir, model.num_gates),
+        callbacks_lib.SkipRatioBoard(tensorboard_dir, model.num_gates),
         position,
     ]
     if progress is not None:
