@@ -15,7 +15,7 @@ from energynet_tf import metrics as metrics_lib
 
 @dataclasses.dataclass(frozen=True)
 class PhaseSchedule:
-    """The three-phase alpha schedule of EnergyNet (DESIGN 1.4).
+    """The three-phase alpha schedule of EnergyNet (docs/design.md §1.4).
 
     Phase I trains with `alpha1` until `target_accuracy` (the baseline's
     validation accuracy) is reached or `phase1_epochs` have run. Phase II
@@ -281,7 +281,10 @@ class AlphaPhases(keras.callbacks.Callback):
 
 
 class ConstantSchedule(AlphaPhases):
-    """Baseline training: one phase with alpha 0 and a cosine learning rate."""
+    """Baseline training: one phase with alpha held at 0 and a cosine learning rate.
+
+    ("Constant" is alpha: the learning rate follows the cosine schedule of phase I.)
+    """
 
     def __init__(self, epochs, lr, steps_per_epoch, warmup_epochs=0, **kwargs):
         schedule = PhaseSchedule(

@@ -1,4 +1,4 @@
-"""The EnergyNet energy table: E_b per gated block, E_fixed, E_gates, E_total (DESIGN 1.3)."""
+"""The EnergyNet energy table: E_b per gated block, E_fixed, E_gates, E_total (docs/design.md §1.3)."""
 
 import dataclasses
 import math
@@ -31,7 +31,7 @@ class LayerCost:
 
 @dataclasses.dataclass(frozen=True)
 class EnergyTable:
-    """Per-example inference energy of an EnergyNet, split as DESIGN 1.3.
+    """Per-example inference energy of an EnergyNet, split as docs/design.md §1.3.
 
     Attributes:
         block_energy: E_b of each gated block (its convolutions), in gate order.
@@ -88,7 +88,7 @@ def network_layers(spec, image_shape, num_classes, gate_units=None):
 
     Returns:
         A list of `(LayerShape, group, block_index)`; BN, ReLU, additions and
-        pooling are not counted (DESIGN 1.3).
+        pooling are not counted (docs/design.md §1.3).
     """
     rows = []
     h, w, channels = image_shape

@@ -39,7 +39,7 @@ Outputs of the serving signature `serving_default` (input `images`, float32
   (all ones for a baseline);
 * `probabilities` `(batch, num_gates)`: the gates' probabilities;
 * `energy` `(batch,)`: the normalised inference energy of each example,
-  `(E_fixed + E_gates + sum_b m_b E_b) / E_total` (DESIGN 1.3).
+  `(E_fixed + E_gates + sum_b m_b E_b) / E_total` (docs/design.md §1.3).
 
 The SavedModel checks its input at run time (rank, height, width, channels)
 and fails with an `InvalidArgumentError` naming the expected and received
@@ -179,7 +179,7 @@ def _run_gated_block(block, x, decision, method):
 def _fused_gate_constants(model):
     """The gates' weights rearranged for fewer ops, as float32 NumPy constants.
 
-    Gate i computes (DESIGN 1.2, Keras' LSTMCell) `x = pool @ P_i + b_i`,
+    Gate i computes (docs/design.md §1.2, Keras' LSTMCell) `x = pool @ P_i + b_i`,
     `z = x @ W + h @ U + b`, `[i, f, g, o] = split(z)`; its projection folds
     into the cell: `z = [pool, h] @ [[P_i W], [U]] + (b_i W + b)`, one matmul.
     At the first gate `h = c = 0`, so `z = pool @ P_0 W + (b_0 W + b)`.
@@ -570,7 +570,7 @@ def convert_to_tflite(model, batched=DEFAULT_TFLITE_BATCHED_METHOD):
     """Converts `model`'s serving graph to a float32 TFLite flatbuffer with `IF` ops.
 
     The conversion goes through a SavedModel written by Keras' `ExportArchive`
-    (DESIGN 4: `from_concrete_functions` converts but fails at run time).
+    (docs/design.md §4: `from_concrete_functions` converts but fails at run time).
 
     Args:
         model: an `EnergyNet`.

@@ -49,7 +49,7 @@ class RNNGate(keras.layers.Layer):
         self.projections = [
             keras.layers.Dense(units, name=f"projection_{i}") for i in range(num_gates)
         ]
-        # One cell and one output unit for all gates: one weight set (DESIGN 1.2).
+        # One cell and one output unit for all gates: one weight set (docs/design.md §1.2).
         self.cell = keras.layers.LSTMCell(units, name="lstm_cell")
         self.output_dense = keras.layers.Dense(
             1,

@@ -1,4 +1,4 @@
-"""Energy and gate metrics of EnergyNet (DESIGN 1.3)."""
+"""Energy and gate metrics of EnergyNet (docs/design.md §1.3)."""
 
 import keras
 import numpy as np

@@ -40,8 +40,8 @@ class EnergyNet(keras.Model):
     """A residual network whose blocks are skipped per input by RNN gates.
 
     Block 0 always runs; the gate fed by block i's output decides block i + 1
-    (DESIGN 1.2). Training minimises cross-entropy + `alpha` * the normalised
-    expected energy `(E_fixed + sum_b p_b E_b) / E_total` (DESIGN 1.3), with
+    (docs/design.md §1.2). Training minimises cross-entropy + `alpha` * the normalised
+    expected energy `(E_fixed + sum_b p_b E_b) / E_total` (docs/design.md §1.3), with
     hard decisions in the forward pass and straight-through gradients.
 
     Args:
@@ -72,7 +72,7 @@ class EnergyNet(keras.Model):
             `p > 0.5`); see `gates.straight_through`. Inference is always
             deterministic.
         energy_term: "expected": the loss charges `sum_b p_b E_b` (soft
-            probabilities, DESIGN 1.3); "decisions": it charges the energy of
+            probabilities, docs/design.md §1.3); "decisions": it charges the energy of
             the decisions taken in the forward pass, `sum_b m_b E_b`, with the
             same straight-through gradient as the cross-entropy's. The two
             have the same gradient for deterministic gates; with `gate_noise`
@@ -355,7 +355,7 @@ class EnergyNet(keras.Model):
                 (ops.shape(x)[0], self.num_gates), seed=tf.stack([1337, step]), dtype=tf.float32)
         out = self.forward(x, training=training, gate_uniform=gate_uniform)
         # Keras loss objects already divide by the number of replicas; the
-        # hand-made energy term must be scaled the same way (DESIGN 4).
+        # hand-made energy term must be scaled the same way (docs/design.md §4).
         ce = self.compute_loss(x=x, y=y, y_pred=out["logits"], sample_weight=sample_weight, training=training)
         charged = out["masks"] if self.energy_term == "decisions" else out["probabilities"]
         energy = ops.mean(self.expected_energy(charged))

@@ -1,6 +1,6 @@
 """Systolic-array cost estimator that reproduces SCALE-Sim 3.0.0 number for number.
 
-EnergyNet's energy term (DESIGN 1.3) needs, per layer, the MAC count and the accesses
+EnergyNet's energy term (docs/design.md §1.3) needs, per layer, the MAC count and the accesses
 to each memory level of a systolic-array accelerator. The paper took them from the
 SCALE-Sim simulator; this module computes the same numbers analytically in TensorFlow.
 SCALE-Sim 3.0.0 (PyPI `scalesim`) in its default CALC interface-bandwidth mode is the
@@ -164,7 +164,7 @@ class AcceleratorConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EnergyCosts:
-    """Normalised energy per operation (DESIGN 1.3; Eyeriss, Chen et al., ISCA 2016).
+    """Normalised energy per operation (docs/design.md §1.3; Eyeriss, Chen et al., ISCA 2016).
 
     Attributes:
       mac: energy of one multiply-accumulate.
@@ -1049,7 +1049,7 @@ def estimate_counts(layers: Sequence[LayerShape],
 
 def energy_terms(counts: Dict[str, np.ndarray],
                  costs: EnergyCosts = EnergyCosts()) -> Dict[str, np.ndarray]:
-    """Returns the DESIGN 1.3 energy terms (float64 arrays) for counts from `estimate_counts`.
+    """Returns the docs/design.md §1.3 energy terms (float64 arrays) for counts from `estimate_counts`.
 
     Layer energy = e_MAC * MACs + e_RF * (rf_accesses_per_mac * MACs)
     + e_SRAM * (SRAM reads + writes) + e_DRAM * (DRAM reads + writes).
@@ -1073,7 +1073,7 @@ def energy_terms(counts: Dict[str, np.ndarray],
 
 def estimate(layers: Sequence[LayerShape], config: AcceleratorConfig = AcceleratorConfig(),
              costs: EnergyCosts = EnergyCosts()) -> Dict[str, np.ndarray]:
-    """Per-layer SCALE-Sim 3.0.0 counts and DESIGN 1.3 energy terms.
+    """Per-layer SCALE-Sim 3.0.0 counts and docs/design.md §1.3 energy terms.
 
     Args:
       layers: the layers, as SCALE-Sim topology rows (see `topology.model_topology`).

@@ -3,7 +3,7 @@
 SCALE-Sim has no padding: it computes a convolution's output size as
 ceil((H - R + s) / s) from the input extent H it is given. A padded convolution is
 therefore given to it with the extent that makes that formula return the layer's real
-output size Ho (DESIGN 1.3): H_eff = (Ho - 1) * s + R, i.e. the padded input minus the
+output size Ho (docs/design.md §1.3): H_eff = (Ho - 1) * s + R, i.e. the padded input minus the
 rows the convolution never reads. A dense layer is a 1x1 convolution on a 1x1 input.
 """
 

@@ -1,4 +1,4 @@
-"""Tests of energynet_tf/energy.py: the EnergyNet energy table (DESIGN 1.3)."""
+"""Tests of energynet_tf/energy.py: the EnergyNet energy table (docs/design.md §1.3)."""
 
 import numpy as np
 import pytest

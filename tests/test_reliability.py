@@ -1,4 +1,4 @@
-"""Reliability of the trainer: SIGKILL and resume, determinism, NaN handling (issue 5)."""
+"""Reliability of the trainer: SIGKILL and resume, determinism, NaN handling."""
 
 import json
 import os

@@ -16,7 +16,7 @@ def scalesim_output(size, kernel, stride):
 
 
 @pytest.mark.parametrize("hw, kernel, stride, expected", [
-    (32, 3, 2, 33),   # DESIGN 1.3's three examples.
+    (32, 3, 2, 33),   # docs/design.md §1.3's three examples.
     (32, 1, 2, 31),
     (32, 3, 1, 34),
     (7, 7, 2, 13),

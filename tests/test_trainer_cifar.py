@@ -10,7 +10,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# DESIGN 3.1: what other programs read from metrics.json.
+# What other programs read from metrics.json (README.md, "Each run directory holds").
 REQUIRED_METRICS = (
     "test_accuracy", "baseline_energy", "energy_savings", "block_energy_savings", "mac_savings",
     "skip_ratio_per_block", "phases", "epochs", "wall_seconds",

@@ -28,7 +28,7 @@ baseline's on the same images, timed seconds apart, so drift in a shared
 machine's load cancels out; per chunk the median over the rounds, the chunks
 weighted by the baseline's time (`paired_ratio`). The range printed with a
 ratio is that of the same estimate from each round alone. Reported with each:
-the predicted MAC and energy ratios (1 - savings, gates included, DESIGN 1.3)
+the predicted MAC and energy ratios (1 - savings, gates included, docs/design.md §1.3)
 computed from the decisions the export returned, and the measured latency
 ratio to the baseline. Goals checked: TFLite all-open overhead <= 5%, and with
 the policy, latency ratio <= 1.05 x the MAC ratio.

@@ -4,7 +4,7 @@ Usage:
   python -m tools.bench_systolic [--scalesim_python=PY] [--repeats=20]
       [--rows=32 --cols=32 --dataflow=os --sram_kb=64]
 
-In one run: estimates the 40-layer CIFAR ResNet-38 topology (DESIGN 1.1) with
+In one run: estimates the 40-layer CIFAR ResNet-38 topology (docs/design.md §1.1) with
 `systolic.estimate_counts` (after one warm-up call, which traces the tf.functions; the
 median of --repeats calls is reported), runs SCALE-Sim on the same topology and
 configuration, checks that the two produce the same report files, and prints the time

@@ -3,10 +3,11 @@
     python -m tools.export --model_dir=runs/energynet38 --out=exports/energynet38
     python -m tools.export --model_dir=runs/energynet38 --out=exports/energynet38_int8 --int8
 
-Writes (DESIGN 3.2, docs/export.md):
+Writes (docs/export.md):
   OUT/saved_model/      serving signature `serving_default`: images -> logits,
                         decisions, probabilities, energy
-  OUT/model.tflite      float32, one IF op per gated block, any batch size
+  OUT/model.tflite      float32, one IF op per gated block; batch 1 by default
+                        (--tflite_batched=gather|dense: a resizable batch)
   OUT/model_int8.tflite with --int8: post-training int8, batch size 1
   OUT/export.json       what was exported, the energy table, the parity check
                         and, with --int8, its accuracy and gate agreement

@@ -115,7 +115,7 @@ def _same(name, hw, k, s, c, f):
 
 
 def resnet38_distinct_layers():
-    """Every distinct layer of CIFAR ResNet-38 (DESIGN 1.1) in SCALE-Sim's view."""
+    """Every distinct layer of CIFAR ResNet-38 (docs/design.md §1.1) in SCALE-Sim's view."""
     return [
         _same("stem", 32, 3, 1, 3, 16),
         _same("s1_conv", 32, 3, 1, 16, 16),
@@ -197,7 +197,7 @@ REFETCH_LAYERS = [
 
 
 def gate_layers():
-    """The gates' own layers of EnergyNet (DESIGN 1.2) as dense rows: projection to 10,
+    """The gates' own layers of EnergyNet (docs/design.md §1.2) as dense rows: projection to 10,
     the shared LSTM cell ([x, h] -> 4 gates) and the output unit."""
     return [("gate_proj16", 1, 1, 1, 1, 16, 10, 1), ("gate_proj64", 1, 1, 1, 1, 64, 10, 1),
             ("gate_lstm", 1, 1, 1, 1, 20, 40, 1), ("gate_out", 1, 1, 1, 1, 10, 1, 1)]

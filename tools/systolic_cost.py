@@ -1,4 +1,4 @@
-"""SCALE-Sim 3.0.0-compatible cost reports from the analytical estimator (DESIGN 3.3).
+"""SCALE-Sim 3.0.0-compatible cost reports from the analytical estimator (docs/systolic.md).
 
 Usage:
   python -m tools.systolic_cost --topology=T.csv --config=C.cfg --outdir=O
@@ -7,7 +7,7 @@ Usage:
 Reads SCALE-Sim's own topology CSV and .cfg (CALC interface-bandwidth mode) and writes,
 in O, SCALE-Sim's COMPUTE_REPORT.csv, BANDWIDTH_REPORT.csv and
 DETAILED_ACCESS_REPORT.csv (same header lines, columns and numbers as SCALE-Sim, one
-row per layer in topology order) plus ENERGY_REPORT.csv (the DESIGN 1.3 energy terms
+row per layer in topology order) plus ENERGY_REPORT.csv (the docs/design.md §1.3 energy terms
 per layer, with the given normalised costs).
 
 A bad input file or flag is reported in one line naming the file, line and value, with
