@@ -147,7 +147,8 @@ def make_tuner(hypermodel, oracle_name, max_trials, seed, directory, data_dir, b
         "random": keras_tuner.oracles.RandomSearchOracle,
         "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
     }
-    oracle = oracles[oracle_name](objective=objective, max_trials=max_trials, seed=seed)
+    # keras-tuner treats seed 0 as "no seed" (docs/design.md §4): shift by one so every seed is reproducible.
+    oracle = oracles[oracle_name](objective=objective, max_trials=max_trials, seed=seed + 1)
 
     class AlphaSearch(base_tuner.BaseTuner):
         """Runs each trial as a trainer run and reports every metric that matters to the oracle."""
@@ -313,6 +314,11 @@ def main():
         print("[search_alpha] worker: the oracle has no more trials", flush=True)
         return
     rows = finished_trials(tuner)
+    failed = [t for t in tuner.oracle.trials.values() if t.status in ("FAILED", "INVALID")]
+    if failed:
+        print(f"[search_alpha] {len(failed)} trial(s) failed: "
+              + ", ".join(f"{t.trial_id} ({os.path.join(tuner.get_trial_dir(t.trial_id), 'trainer.log')})"
+                          for t in failed), flush=True)
     if not rows:
         raise UsageError("no trial finished; see the trainer logs under " + os.path.join(out, "search"))
     front_idx = stats.pareto_front([(r["val_energy_savings"], r["val_accuracy"]) for r in rows])
