@@ -73,8 +73,8 @@ def plot_accuracy_vs_energy(runs, labels, path):
         baseline = m.get("baseline", False)
         ax.plot([100 * m["energy_savings"]], [100 * m["test_accuracy"]], "s" if baseline else "*",
                 ms=10 if baseline else 15, color=colors[k % len(colors)],
-                label=f"{label}: {100 * m['test_accuracy']:.2f}%, {100 * m['energy_savings']:.1f}% saved"
-                      + (" (baseline)" if baseline else ""))
+                label=f"{label}: {100 * m['test_accuracy']:.2f}%"
+                      + (" (baseline)" if baseline else f", {round(100 * m['energy_savings'], 1) + 0.0:.1f}% saved"))
         if baseline:
             ax.axhline(100 * m["test_accuracy"], color=colors[k % len(colors)], ls=":", lw=1)
     ax.set_xlabel("energy savings, gates charged (%)")
