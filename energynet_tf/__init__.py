@@ -22,20 +22,33 @@ def register_keras_objects():
 
 
 class _RegisterAfterKeras(importlib.abc.MetaPathFinder):
-    """Runs `register_keras_objects` once `keras` has finished importing."""
+    """Runs `register_keras_objects` once `keras` has finished importing.
+
+    It stays on `sys.meta_path` until Keras is actually executed: a mere
+    `importlib.util.find_spec("keras")` (an "is it installed?" check, as some
+    libraries make) must not use it up.
+    """
+
+    _searching = False
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "keras":
+        if fullname != "keras" or self._searching:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("keras")
+        self._searching = True
+        try:
+            spec = importlib.util.find_spec("keras")
+        finally:
+            self._searching = False
         if spec is None or spec.loader is None:
             return spec
         loader = spec.loader
         original = loader.exec_module
+        finder = self
 
         def exec_module(module):
             original(module)
+            if finder in sys.meta_path:
+                sys.meta_path.remove(finder)
             register_keras_objects()
 
         # Wrap this one spec's loader call only.

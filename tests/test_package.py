@@ -23,7 +23,12 @@ def saved_model(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("imports", ["import energynet_tf; import keras", "import keras; import energynet_tf"])
+@pytest.mark.parametrize("imports", [
+    "import energynet_tf; import keras",
+    "import keras; import energynet_tf",
+    # An "is Keras installed?" probe between the two imports must not use up the registration.
+    "import energynet_tf, importlib.util; importlib.util.find_spec('keras'); import keras",
+])
 def test_package_import_registers_the_keras_objects_in_a_fresh_process(saved_model, imports):
     result = _python(f"{imports}\n"
                      f"m = keras.saving.load_model({saved_model!r}, safe_mode=True)\n"

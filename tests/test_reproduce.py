@@ -94,7 +94,7 @@ def test_rerun_resumes_without_training_again_and_ships_the_models(reproduction,
     result = run_tool(f"--data_dir={fake_data_dir}", f"--out={out}", f"--set={TINY}", "--speed_rounds=1",
                       "--speed_steps=1", f"--ship_dir={ship}")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "baseline: finished earlier" in result.stdout and "energynet: finished earlier" in result.stdout
+    assert "[baseline] finished earlier" in result.stdout and "[energynet] finished earlier" in result.stdout
     after = json.load(open(os.path.join(out, "results.json")))
     assert after["baseline"] == before["baseline"] and after["energynet"] == before["energynet"]
     assert after["training_step_time"] == before["training_step_time"]
@@ -149,3 +149,40 @@ def test_overrides_are_typed():
     preset = reproduce.parse_overrides(reproduce.PRESETS["cpu"], "seed=4,alpha2=0.5,max_train_examples=none")
     assert (preset.seed, preset.alpha2, preset.max_train_examples) == (4, 0.5, None)
     assert isinstance(preset.seed, int) and isinstance(preset.alpha2, float)
+
+
+def test_seeds_reuse_finished_reproductions_and_write_the_spread(reproduction, fake_data_dir, tmp_path):
+    import shutil
+
+    out, _ = reproduction
+    # A finished seed-0 reproduction in the --seeds layout: nothing is retrained.
+    shutil.copytree(out, tmp_path / "spread" / "seed-0")
+    result = run_tool(f"--data_dir={fake_data_dir}", f"--out={tmp_path / 'spread'}", f"--set={TINY}", "--seeds=0",
+                      "--speed_rounds=1", "--speed_steps=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[baseline] finished earlier" in result.stdout
+    spread = json.load(open(tmp_path / "spread" / "seeds.json"))
+    single = json.load(open(os.path.join(out, "results.json")))
+    assert spread["seeds"] == [0]
+    assert spread["energynet_test_accuracy"]["mean"] == single["energynet"]["test_accuracy"]
+    assert "| 0 |" in (tmp_path / "spread" / "seeds.md").read_text()
+
+
+def test_seed_spread_statistics():
+    def result(seed, base, energynet, savings):
+        return {"config": {"seed": seed}, "baseline": {"test_accuracy": base},
+                "energynet": {"test_accuracy": energynet, "energy_savings": savings, "block_energy_savings": savings},
+                "accuracy_drop_points": 100 * (base - energynet)}
+
+    spread = reproduce.seed_spread([result(0, 0.80, 0.78, 0.40), result(1, 0.82, 0.79, 0.44), result(2, 0.81, 0.80, 0.42)])
+    assert spread["baseline_test_accuracy"]["mean"] == pytest.approx(0.81)
+    assert spread["accuracy_drop_points"]["mean"] == pytest.approx(2.0)
+    # Student t with 2 degrees of freedom: 4.303 * std / sqrt(3).
+    assert spread["baseline_test_accuracy"]["half_width"] == pytest.approx(4.3027 * 0.01 / 3 ** 0.5, rel=1e-4)
+    assert "Seed spread of both arms (3 seeds)" in reproduce.seeds_markdown(spread, "cmd", reproduce.PRESETS["cpu"])
+
+
+@pytest.mark.parametrize("seeds, needle", [("0,x", "'x' is not an integer"), ("1,1", "negative or repeated")])
+def test_bad_seeds_get_one_line(seeds, needle, tmp_path):
+    result = run_tool("--data_dir=/nonexistent", f"--out={tmp_path}/o", f"--seeds={seeds}")
+    assert result.returncode == 2 and needle in error_lines(result)[0]

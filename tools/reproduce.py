@@ -397,23 +397,13 @@ def _define_flags():
     flags.DEFINE_integer("speed_rounds", 6, "Rounds of the side-by-side training-step timing (0: skip it).")
     flags.DEFINE_integer("speed_steps", 20, "Timed training steps per round and arm.")
     flags.DEFINE_string("ship_dir", None, "Also write both models without optimizer state, with SHA256SUMS and a README, here (e.g. models).")
+    flags.DEFINE_list("seeds", [], "Run the reproduction once per seed in O/seed-<N>/ and write the seed spread of both arms to O/seeds.json and O/seeds.md (the preset's seed is replaced).")
 
 
-def main():
-    if not FLAGS.out:
-        raise UsageError("--out is required: the output directory (e.g. --out=runs/reproduce)")
-    if FLAGS.speed_rounds < 0 or FLAGS.speed_steps < 1:
-        raise UsageError("--speed_rounds must be >= 0 and --speed_steps >= 1")
-    preset = parse_overrides(PRESETS[FLAGS.preset], FLAGS.set)
-    data_dir = FLAGS.data_dir or os.environ.get("TFDS_DATA_DIR")
-    if not data_dir:
-        raise UsageError("--data_dir is required (or TFDS_DATA_DIR): the tfds directory holding cifar10/3.0.2")
-    out = os.path.abspath(FLAGS.out)
-    data_dir = os.path.abspath(data_dir)
+def reproduce_one(preset, out, data_dir, command, ship_dir=None):
+    """Runs (or resumes) one side-by-side reproduction in `out`; returns its results dict."""
     os.makedirs(out, exist_ok=True)
     runs.lock_directory(out)
-    command = "python -m tools.reproduce " + " ".join(
-        a for a in sys.argv[1:])
     started = time.time()
     state_path = os.path.join(out, "reproduce_state.json")
     previous = {}
@@ -422,7 +412,7 @@ def main():
             previous = json.load(f)
         if previous.get("config") != dataclasses.asdict(preset):
             raise UsageError(
-                f"--out={FLAGS.out} holds a reproduction with another configuration "
+                f"{out} holds a reproduction with another configuration "
                 f"({previous.get('config')}); use the same preset and --set, or a new --out")
     from energynet_tf import io_utils
 
@@ -457,11 +447,116 @@ def main():
     io_utils.atomic_write_text(os.path.join(out, "results.md"), results_markdown(results))
     plot(results, baseline.get("history", []), energynet.get("history", []),
          os.path.join(out, "accuracy_vs_energy.png"))
-    if FLAGS.ship_dir:
-        ship_models(out, results, os.path.abspath(FLAGS.ship_dir))
-        print(f"[reproduce] shipped the models to {FLAGS.ship_dir}", flush=True)
+    if ship_dir:
+        ship_models(out, results, os.path.abspath(ship_dir))
+        print(f"[reproduce] shipped the models to {ship_dir}", flush=True)
     print(results_markdown(results), flush=True)
     print(f"[reproduce] wrote {out}/results.json, results.md, accuracy_vs_energy.png", flush=True)
+    return results
+
+
+def parse_seeds(values):
+    """The `--seeds` list as distinct ints >= 0.
+
+    Raises:
+        UsageError: for a value that is not an int >= 0, or a repeated seed.
+    """
+    seeds = []
+    for v in values:
+        try:
+            seed = int(v)
+        except ValueError:
+            raise UsageError(f"--seeds: {v!r} is not an integer") from None
+        if seed < 0 or seed in seeds:
+            raise UsageError(f"--seeds: {seed} is negative or repeated")
+        seeds.append(seed)
+    return seeds
+
+
+def seed_spread(per_seed, level=0.95):
+    """Mean and Student-t interval of both arms over the seeds, and of their difference."""
+    from tools import stats
+
+    def pick(fn):
+        return stats.mean_confidence_interval([fn(r) for r in per_seed], level)
+
+    return {
+        "seeds": [r["config"]["seed"] for r in per_seed],
+        "level": level,
+        "baseline_test_accuracy": pick(lambda r: r["baseline"]["test_accuracy"]),
+        "energynet_test_accuracy": pick(lambda r: r["energynet"]["test_accuracy"]),
+        "accuracy_drop_points": pick(lambda r: r["accuracy_drop_points"]),
+        "energynet_energy_savings": pick(lambda r: r["energynet"]["energy_savings"]),
+        "energynet_block_energy_savings": pick(lambda r: r["energynet"]["block_energy_savings"]),
+        "per_seed": [{"seed": r["config"]["seed"], "baseline_test_accuracy": r["baseline"]["test_accuracy"],
+                      "energynet_test_accuracy": r["energynet"]["test_accuracy"],
+                      "energy_savings": r["energynet"]["energy_savings"],
+                      "accuracy_drop_points": r["accuracy_drop_points"]} for r in per_seed],
+    }
+
+
+def seeds_markdown(spread, command, preset):
+    """The seed spread as a Markdown table."""
+    def cell(s, scale=100.0, unit="%"):
+        if s["low"] is None:
+            return f"{scale * s['mean']:.2f}{unit}"
+        return (f"{scale * s['mean']:.2f}{unit} (std {scale * s['std']:.2f}; {spread['level']:.0%} interval "
+                f"[{scale * s['low']:.2f}, {scale * s['high']:.2f}])")
+
+    lines = [
+        f"# Seed spread of both arms ({len(spread['seeds'])} seeds)",
+        "",
+        f"Command: `{command}`  ",
+        f"Configuration: `{json.dumps({k: v for k, v in dataclasses.asdict(preset).items() if k != 'seed'})}`",
+        "",
+        "| | mean over seeds |",
+        "|---|---|",
+        f"| baseline test accuracy | {cell(spread['baseline_test_accuracy'])} |",
+        f"| EnergyNet test accuracy | {cell(spread['energynet_test_accuracy'])} |",
+        f"| accuracy drop (points) | {cell(spread['accuracy_drop_points'], 1.0, '')} |",
+        f"| EnergyNet energy savings | {cell(spread['energynet_energy_savings'])} |",
+        f"| EnergyNet block-only savings | {cell(spread['energynet_block_energy_savings'])} |",
+        "",
+        "| seed | baseline | EnergyNet | drop (points) | energy savings |",
+        "|---|---|---|---|---|",
+    ]
+    for r in spread["per_seed"]:
+        lines.append(f"| {r['seed']} | {100 * r['baseline_test_accuracy']:.2f}% | "
+                     f"{100 * r['energynet_test_accuracy']:.2f}% | {r['accuracy_drop_points']:.2f} | "
+                     f"{100 * r['energy_savings']:.2f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    if not FLAGS.out:
+        raise UsageError("--out is required: the output directory (e.g. --out=runs/reproduce)")
+    if FLAGS.speed_rounds < 0 or FLAGS.speed_steps < 1:
+        raise UsageError("--speed_rounds must be >= 0 and --speed_steps >= 1")
+    preset = parse_overrides(PRESETS[FLAGS.preset], FLAGS.set)
+    seeds = parse_seeds(FLAGS.seeds)
+    if seeds and FLAGS.ship_dir:
+        raise UsageError("--ship_dir ships one reproduction; it cannot be combined with --seeds")
+    data_dir = FLAGS.data_dir or os.environ.get("TFDS_DATA_DIR")
+    if not data_dir:
+        raise UsageError("--data_dir is required (or TFDS_DATA_DIR): the tfds directory holding cifar10/3.0.2")
+    out = os.path.abspath(FLAGS.out)
+    data_dir = os.path.abspath(data_dir)
+    command = "python -m tools.reproduce " + " ".join(a for a in sys.argv[1:])
+    if not seeds:
+        reproduce_one(preset, out, data_dir, command, FLAGS.ship_dir)
+        return
+    from energynet_tf import io_utils
+
+    per_seed = []
+    for k, seed in enumerate(seeds):
+        print(f"[reproduce] seed {seed} ({k + 1}/{len(seeds)})", flush=True)
+        per_seed.append(reproduce_one(dataclasses.replace(preset, seed=seed), os.path.join(out, f"seed-{seed}"),
+                                      data_dir, command))
+    spread = seed_spread(per_seed)
+    io_utils.atomic_write_json(os.path.join(out, "seeds.json"), spread)
+    io_utils.atomic_write_text(os.path.join(out, "seeds.md"), seeds_markdown(spread, command, preset))
+    print(seeds_markdown(spread, command, preset), flush=True)
+    print(f"[reproduce] wrote {out}/seeds.json and seeds.md", flush=True)
 
 
 if __name__ == "__main__":
