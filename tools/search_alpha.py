@@ -232,6 +232,8 @@ def plot_front(rows, front, baseline, static_rows, recipe, path):
         for r, x, y in zip(static_rows, sx, sy):
             ax.annotate(f"{r['depth']}", (x, y), fontsize=8, xytext=(4, -10), textcoords="offset points",
                         color="tab:gray")
+    every_x = [100 * r["val_energy_savings"] for r in rows] + xs + [0.0]
+    ax.set_xlim(min(every_x) - 4, max(every_x) + 9)  # room for the labels
     ax.set_xlabel(f"energy savings against the full ResNet-{recipe.depth}, gates charged (%)")
     ax.set_ylabel("accuracy (%)")
     budget = (f"{recipe.epochs} epochs"
