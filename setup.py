@@ -28,5 +28,5 @@ setuptools.setup(
     python_requires=">=3.10,<3.14",
     packages=setuptools.find_packages(include=["energynet_tf", "energynet_tf.*", "trainers", "tools"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=8,<10"]},
+    extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4"]},
 )

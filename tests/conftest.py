@@ -65,14 +65,3 @@ def interrupt_after(process, needle, timeout=600):
 
 def error_lines(result):
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]
-
-
-@pytest.fixture(scope="session")
-def tiny_trials(fake_cifar_dir, tmp_path_factory):
-    """Two seeded trials, the tool interrupted once after the first and rerun."""
-    out = str(tmp_path_factory.mktemp("trials") / "out")
-    args = ["--n=2", f"--out={out}", "--", f"--data_dir={fake_cifar_dir}", *TINY_TRAINER]
-    interrupted = interrupt_after(start_module("tools.trials", *args), "[trials] seed 0:")
-    result = run_module("tools.trials", *args)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    return out, interrupted, result

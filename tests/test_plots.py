@@ -5,13 +5,16 @@ import os
 import numpy as np
 import pytest
 
-from conftest import error_lines, run_module
+from conftest import TINY_TRAINER, error_lines, run_module
 
 
 @pytest.fixture(scope="module")
-def figures(tiny_trials, tmp_path_factory):
-    out_trials, _, _ = tiny_trials
-    runs = [os.path.join(out_trials, "seed-0"), os.path.join(out_trials, "seed-1")]
+def figures(fake_cifar_dir, tmp_path_factory):
+    # One tiny gated run, shown twice under two labels (each file runs on one test worker).
+    run = str(tmp_path_factory.mktemp("run") / "m")
+    trained = run_module("trainers.cifar", f"--data_dir={fake_cifar_dir}", f"--model_dir={run}", *TINY_TRAINER)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    runs = [run, run]
     out = str(tmp_path_factory.mktemp("figures"))
     result = run_module("tools.plots", f"--runs={','.join(runs)}", "--labels=first,second", f"--out={out}",
                         "--examples=4")

@@ -87,9 +87,9 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_metrics(uninterrup
     args = _args(fake_data_dir, model_dir, "--checkpoint_every_steps=2")
     kills = 0
     # An epoch of this tiny run takes well under a second: a kill may come
-    # after the run has finished, so try until three kills land or the run is done.
+    # after the run has finished, so try until two kills land or the run is done.
     for _ in range(6):
-        if kills == 3 or os.path.exists(os.path.join(model_dir, "metrics.json")):
+        if kills == 2 or os.path.exists(os.path.join(model_dir, "metrics.json")):
             break
         code = _kill_after_epoch_lines(args, 1, rng)
         if code == -signal.SIGKILL:
@@ -107,7 +107,7 @@ def test_a_kill_inside_an_epoch_resumes_at_the_step_with_the_same_metrics(uninte
     model_dir = tmp_path / "run"
     args = _args(fake_data_dir, model_dir, "--checkpoint_every_steps=3")
     rng = random.Random(99)
-    for epoch, step in ((rng.randrange(0, 3), 3), (rng.randrange(3, 5), 6)):
+    for epoch, step in ((rng.randrange(1, 5), rng.choice((3, 6))),):
         target = model_dir / "checkpoints" / f"epoch-{epoch:04d}-step-{step:06d}.json"
         process = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 240

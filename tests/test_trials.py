@@ -5,7 +5,18 @@ import os
 
 import pytest
 
-from conftest import TINY_TRAINER, error_lines, run_module
+from conftest import TINY_TRAINER, error_lines, interrupt_after, run_module, start_module
+
+
+@pytest.fixture(scope="module")
+def tiny_trials(fake_cifar_dir, tmp_path_factory):
+    """Two seeded trials, the tool interrupted once after the first and rerun."""
+    out = str(tmp_path_factory.mktemp("trials") / "out")
+    args = ["--n=2", f"--out={out}", "--", f"--data_dir={fake_cifar_dir}", *TINY_TRAINER]
+    interrupted = interrupt_after(start_module("tools.trials", *args), "[trials] seed 0:")
+    result = run_module("tools.trials", *args)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return out, interrupted, result
 
 
 def test_trials_summarise_every_seed_with_intervals(tiny_trials):

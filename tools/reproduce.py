@@ -148,8 +148,8 @@ class Preset:
 PRESETS = {
     # Chosen in BUILD.md, "Reproduction": the most faithful comparison that
     # fits 150 minutes here.
-    "cpu": Preset(depth=38, epochs=15, branch_epoch=9, phase1_epochs=1, phase2_epochs=4, phase3_epochs=1,
-                  alpha2=1.5, lr1=0.035, lr2=0.035, lr3=0.0035, gate_lr_multiplier=10.0),
+    "cpu": Preset(depth=38, epochs=15, branch_epoch=7, phase1_epochs=1, phase2_epochs=5, phase3_epochs=2,
+                  alpha2=1.25, lr1=0.055, lr2=0.055, lr3=0.01, gate_lr_multiplier=10.0),
     # The paper's ResNet-38 and phase lengths; the warm-up is its phase I.
     "paper": Preset(depth=38, epochs=220, branch_epoch=160, phase1_epochs=20, phase2_epochs=30,
                     phase3_epochs=10),
