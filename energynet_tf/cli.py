@@ -30,11 +30,30 @@ def reject_arguments(argv):
         raise UsageError(f"unexpected arguments {argv[1:]}; flags look like --name=value")
 
 
+def _raise_interrupt(signum, frame):
+    del frame
+    error = KeyboardInterrupt()
+    error.exit_status = 128 + signum
+    raise error
+
+
 def run_tool(run, argv):
-    """Runs `run()` as a tool's main: `UsageError` becomes one line and exit status 2."""
+    """Runs `run()` as a tool's main: `UsageError` becomes one line and exit status 2.
+
+    Ctrl-C and SIGTERM become one line and exit status 130 and 143; a tool's
+    files are written atomically (and its trainers keep their checkpoints),
+    so nothing partial is left and a rerun resumes.
+    """
+    import signal
+
     logging.set_verbosity(logging.WARNING)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         reject_arguments(argv)
         run()
     except UsageError as e:
         fail(e)
+    except KeyboardInterrupt as e:
+        status = getattr(e, "exit_status", 130)
+        fail(f"interrupted ({'SIGTERM' if status == 143 else 'SIGINT'}); nothing partial was written; "
+             "rerun the same command to resume", status)

@@ -64,11 +64,15 @@ class DirectoryLock:
     Args:
         directory: the run directory (created if missing).
         command: the command line recorded for other processes to report.
+        name: the lock file's name in `directory` (an export, whose directory
+            appears only at its end, locks `.<name>.lock` beside it).
+        holder: what the error message calls the locked thing (default: `directory`).
     """
 
-    def __init__(self, directory, command):
-        self.path = os.path.join(directory, ".lock")
+    def __init__(self, directory, command, name=".lock", holder=None):
+        self.path = os.path.join(directory, name)
         self.command = command
+        self.holder = holder or directory
         self._file = None
 
     def acquire(self):
@@ -93,13 +97,13 @@ class DirectoryLock:
             pid = holder[0] if holder and holder[0] else "?"
             command = holder[1] if len(holder) > 1 else "?"
             raise DirectoryInUseError(
-                f"{os.path.dirname(self.path)} is in use by process {pid} ({command}); "
+                f"{self.holder} is in use by process {pid} ({command}); "
                 "wait for it to finish or stop it, or use another directory") from None
         f.seek(0)
         previous = f.read().strip().split("\n", 1)
         note = None
         if previous and previous[0] and previous[0] != str(os.getpid()):
-            note = (f"note: took over the lock of {os.path.dirname(self.path)} left by process {previous[0]}, "
+            note = (f"note: took over the lock of {self.holder} left by process {previous[0]}, "
                     "which is no longer running")
         f.seek(0)
         f.truncate()

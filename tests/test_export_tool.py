@@ -131,3 +131,29 @@ def test_int8_export_reports_accuracy_and_gate_agreement(run_dir, tmp_path):
     served = export.load_exported(out, backend="int8")
     images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
     assert served(images)["logits"].shape == (2, 10)
+
+
+def test_a_signal_during_export_leaves_nothing_and_a_live_export_holds_its_directory(run_dir, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "export"
+    args = [sys.executable, "-m", "tools.export", f"--model_dir={run_dir}", f"--out={out}", "--verify_examples=0"]
+    first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = tmp_path / ".export.export-lock"
+        deadline = time.time() + 120
+        while time.time() < deadline and not (lock.exists() and lock.read_text().startswith(str(first.pid))):
+            time.sleep(0.05)
+        # A second export to the same directory while the first runs: refused, naming it.
+        second = _tool(f"--model_dir={run_dir}", f"--out={out}")
+        _assert_usage_error(second, f"is in use by process {first.pid}")
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 130, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "interrupted (SIGINT)" in lines[0] and "Traceback" not in err
+    # Nothing partial: no export directory, no staging directory, no lock file.
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -19,6 +19,7 @@ directory next to OUT and moved into place at the end.
 
 import json
 import os
+import sys
 import time
 
 from absl import app
@@ -198,12 +199,39 @@ def _evaluate_int8(model, out, images, labels):
 
 def run():
     model_file, out = _check_flags()
-    config = _read_config(FLAGS.model_dir)
-    model = _load_model(model_file)
-    calibration = test_images = test_labels = None
-    if FLAGS.int8:
-        calibration, test_images, test_labels = _load_data(config, model)
+    from energynet_tf import io_utils
 
+    # One export per output directory: a second export to it stops here, before any work.
+    out_abs = os.path.abspath(out)
+    parent_existed = os.path.isdir(os.path.dirname(out_abs))
+    lock = io_utils.DirectoryLock(os.path.dirname(out_abs), " ".join(sys.argv),
+                                  name=f".{os.path.basename(out_abs)}.export-lock", holder=out)
+    try:
+        note = lock.acquire()
+    except io_utils.DirectoryInUseError as e:
+        raise UsageError(str(e)) from None
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    try:
+        config = _read_config(FLAGS.model_dir)
+        model = _load_model(model_file)
+        calibration = test_images = test_labels = None
+        if FLAGS.int8:
+            calibration, test_images, test_labels = _load_data(config, model)
+        _export(model, model_file, config, out, calibration, test_images, test_labels)
+    finally:
+        lock.release()
+        if os.path.exists(lock.path):
+            os.remove(lock.path)
+        if not parent_existed and not os.path.exists(out_abs):
+            # A failed or interrupted export leaves no directory the lock made.
+            try:
+                os.removedirs(os.path.dirname(out_abs))
+            except OSError:
+                pass
+
+
+def _export(model, model_file, config, out, calibration, test_images, test_labels):
     from energynet_tf import export as export_lib
     from energynet_tf import io_utils
 
