@@ -374,7 +374,7 @@ def train_and_evaluate(
             kept_text = f"kept the checkpoint at {at} ({kept[0]})"
         raise Interrupted(
             f"interrupted ({'SIGTERM' if status == 143 else 'SIGINT'}) {where}; {kept_text}; "
-            "rerun the same command to resume", status) from None
+            "resume with the same command", status) from None
     finally:
         stop.restore()
     if guard.tripped:

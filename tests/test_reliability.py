@@ -154,7 +154,8 @@ def test_a_signal_during_training_stops_with_one_line_and_keeps_the_last_checkpo
     assert process.returncode == status
     errors = [l for l in err.splitlines() if l.startswith("error:")]
     assert len(errors) == 1, err[-2000:]
-    assert f"interrupted ({name})" in errors[0] and "rerun the same command to resume" in errors[0]
+    assert f"interrupted ({name})" in errors[0] and "resume with the same command: python -m trainers.cifar " in errors[0]
+    assert f"--model_dir={model_dir}" in errors[0]
     # The signal's own checkpoint: the step reached inside epoch 3 (or later).
     assert "kept the checkpoint at epoch " in errors[0] and " steps (" in errors[0]
     assert "Traceback" not in err
@@ -162,3 +163,31 @@ def test_a_signal_during_training_stops_with_one_line_and_keeps_the_last_checkpo
     assert not [p for p in checkpoints.iterdir() if p.name.startswith(".tmp-")]
     pointer = json.loads((checkpoints / "latest.json").read_text())
     assert pointer["epoch"] >= 2 and pointer["step"] >= 1 and (checkpoints / pointer["weights"]).exists()
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_newest_checkpoint_is_whole(fake_data_dir, tmp_path):
+    model_dir = tmp_path / "run"
+    args = _args(fake_data_dir, model_dir, "--phase1_epochs=40", "--checkpoint_every_steps=1")
+    process = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        for line in process.stdout:
+            if line.startswith("epoch 2 done"):
+                process.send_signal(signal.SIGINT)
+                process.send_signal(signal.SIGINT)
+                break
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    errors = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "interrupted (SIGINT)" in errors[0], err[-2000:]
+    checkpoints = model_dir / "checkpoints"
+    assert not [p for p in checkpoints.iterdir() if p.name.startswith(".tmp-")]
+    pointer = json.loads((checkpoints / "latest.json").read_text())
+    assert (checkpoints / pointer["weights"]).exists() and (checkpoints / pointer["state"]).exists()
+    # The newest checkpoint loads: the run resumes from it.
+    from energynet_tf import training
+
+    weights, state = training.RunCheckpoints(str(checkpoints)).latest()
+    assert state["epoch"] >= 2

@@ -372,7 +372,11 @@ def main_guard(fn):
         if isinstance(e, training.TrainingError):
             cli.fail(e, 3)
         if isinstance(e, training.Interrupted):
-            cli.fail(e, e.exit_status)
+            import shlex
+
+            trainer = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+            resume = " ".join(["python -m trainers." + trainer] + [shlex.quote(a) for a in sys.argv[1:]])
+            cli.fail(f"{e}: {resume}", e.exit_status)
         raise
     if metrics is not None and FLAGS.verbose:
         summary = {k: metrics[k] for k in ("test_accuracy", "energy_savings", "block_energy_savings", "mac_savings", "epochs") if k in metrics}
