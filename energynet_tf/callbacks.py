@@ -402,6 +402,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         step = batch + 1 + self.batch_offset
         stop = self.stop_request is not None and self.stop_request.signum is not None
         due = self.every_steps and step % self.every_steps == 0
+        # At an epoch's last step the epoch checkpoint follows (after validation);
+        # a stop requested then is honoured in on_epoch_end, after that save.
         if (stop or due) and self.steps_per_epoch and step < self.steps_per_epoch:
             state = {
                 "epoch": self._epoch,
@@ -413,8 +415,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
             }
             self.checkpoints.save(self.model, self._epoch, state, step=step)
             self.saved_step = (self._epoch, step)
-        if stop:
-            raise self.stop_request.interrupt()
+            if stop:
+                raise self.stop_request.interrupt()
 
     def on_epoch_end(self, epoch, logs=None):
         self.batch_offset = 0
@@ -428,6 +430,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
             "history": self.history,
         }
         self.checkpoints.save(self.model, epoch + 1, state)
+        if self.stop_request is not None and self.stop_request.signum is not None:
+            raise self.stop_request.interrupt()
 
 
 class StopRequest:

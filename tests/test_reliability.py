@@ -151,18 +151,22 @@ def test_a_signal_during_training_stops_with_one_line_and_keeps_the_last_checkpo
         _, err = process.communicate(timeout=120)
     finally:
         process.kill()
-    assert process.returncode == status
+    assert process.returncode == status, err[-2000:]
     errors = [l for l in err.splitlines() if l.startswith("error:")]
     assert len(errors) == 1, err[-2000:]
     assert f"interrupted ({name})" in errors[0] and "resume with the same command: python -m trainers.cifar " in errors[0]
     assert f"--model_dir={model_dir}" in errors[0]
-    # The signal's own checkpoint: the step reached inside epoch 3 (or later).
-    assert "kept the checkpoint at epoch " in errors[0] and " steps (" in errors[0]
+    # The signal's own checkpoint: the step reached inside epoch 3 (or, at an
+    # epoch's last step or in its validation, that epoch's own checkpoint).
+    assert "kept the checkpoint at epoch " in errors[0]
     assert "Traceback" not in err
     checkpoints = model_dir / "checkpoints"
     assert not [p for p in checkpoints.iterdir() if p.name.startswith(".tmp-")]
     pointer = json.loads((checkpoints / "latest.json").read_text())
-    assert pointer["epoch"] >= 2 and pointer["step"] >= 1 and (checkpoints / pointer["weights"]).exists()
+    assert 8 * pointer["epoch"] + pointer["step"] > 8 * 2 and (checkpoints / pointer["weights"]).exists(), (pointer, errors)
+    reached = errors[0].split(" in epoch ")[1].split(";")[0]  # "3 at step 5/8"
+    epoch, step = int(reached.split()[0]), int(reached.split("step ")[1].split("/")[0])
+    assert 8 * pointer["epoch"] + pointer["step"] == 8 * (epoch - 1) + step, (pointer, errors)  # nothing trained is lost
 
 
 def test_a_second_ctrl_c_stops_at_once_and_the_newest_checkpoint_is_whole(fake_data_dir, tmp_path):
