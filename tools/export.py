@@ -19,7 +19,6 @@ directory next to OUT and moved into place at the end.
 
 import json
 import os
-import sys
 import time
 
 from absl import app
@@ -199,19 +198,13 @@ def _evaluate_int8(model, out, images, labels):
 
 def run():
     model_file, out = _check_flags()
-    from energynet_tf import io_utils
+    from tools import runs
 
     # One export per output directory: a second export to it stops here, before any work.
     out_abs = os.path.abspath(out)
     parent_existed = os.path.isdir(os.path.dirname(out_abs))
-    lock = io_utils.DirectoryLock(os.path.dirname(out_abs), " ".join(sys.argv),
-                                  name=f".{os.path.basename(out_abs)}.export-lock", holder=out)
-    try:
-        note = lock.acquire()
-    except io_utils.DirectoryInUseError as e:
-        raise UsageError(str(e)) from None
-    if note:
-        print(note, file=sys.stderr, flush=True)
+    lock = runs.lock_directory(os.path.dirname(out_abs), name=f".{os.path.basename(out_abs)}.export-lock",
+                               holder=out)
     try:
         config = _read_config(FLAGS.model_dir)
         model = _load_model(model_file)

@@ -186,15 +186,15 @@ def savings_against(run_metrics, reference_energy):
     return 1.0 - (1.0 - run_metrics["energy_savings"]) * run_metrics["baseline_energy"] / reference_energy
 
 
-def lock_directory(directory):
-    """Holds `directory` for this process until it exits (`io_utils.DirectoryLock`).
+def lock_directory(directory, name=".lock", holder=None):
+    """Holds `directory` for this process until it exits or the lock is released (`io_utils.DirectoryLock`).
 
     Raises:
         UsageError: if a live process holds it (naming its pid and command).
     """
     from energynet_tf import io_utils
 
-    lock = io_utils.DirectoryLock(directory, " ".join(sys.argv))
+    lock = io_utils.DirectoryLock(directory, " ".join(sys.argv), name=name, holder=holder)
     try:
         note = lock.acquire()
     except io_utils.DirectoryInUseError as e:
@@ -206,3 +206,20 @@ def lock_directory(directory):
 
 
 _HELD = []
+
+
+def previous_config(state_path):
+    """The configuration a tool recorded in its `--out` earlier, or None for a new `--out`."""
+    if not os.path.exists(state_path):
+        return None
+    with open(state_path) as f:
+        return json.load(f)
+
+
+def claim_out(out, state_path, config):
+    """Creates `out`, holds it for this process and records `config` in `state_path`."""
+    from energynet_tf import io_utils
+
+    os.makedirs(out, exist_ok=True)
+    lock_directory(out)
+    io_utils.atomic_write_json(state_path, config)

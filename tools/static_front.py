@@ -102,21 +102,13 @@ def main():
     plans = {d: [f"--data_dir={data_dir}", *dataclasses.replace(preset, depth=d).baseline_flags()] for d in depths}
     state_path = os.path.join(out, "static_state.json")
     config = {"preset": dataclasses.asdict(preset)}
-    from energynet_tf import io_utils
-
-    if os.path.exists(state_path):
-        import json
-
-        with open(state_path) as f:
-            previous = json.load(f)
-        if previous != config:
-            raise UsageError(f"--out={FLAGS.out} holds a static front of another budget; use the same "
-                             "--preset and --set, or a new --out")
-    else:
+    previous = runs.previous_config(state_path)
+    if previous is not None and previous != config:
+        raise UsageError(f"--out={FLAGS.out} holds a static front of another budget; use the same "
+                         "--preset and --set, or a new --out")
+    if previous is None:
         runs.check_trainer_flags("cifar", [*plans[depths[0]], f"--model_dir={os.path.join(out, f'depth-{depths[0]}')}"])
-    os.makedirs(out, exist_ok=True)
-    runs.lock_directory(out)
-    io_utils.atomic_write_json(state_path, config)
+    runs.claim_out(out, state_path, config)
     results = {}
     for k, depth in enumerate(depths):
         model_dir = os.path.join(out, f"depth-{depth}")

@@ -12,7 +12,6 @@ interrupted one resumes from its checkpoint. Writes `O/trials.json` and
 accuracy and energy savings) after every trial.
 """
 
-import json
 import os
 import time
 
@@ -122,21 +121,16 @@ def main(trainer_flags, command):
     out = os.path.abspath(FLAGS.out)
     state_path = os.path.join(out, "trials_state.json")
     config = {"trainer": FLAGS.trainer, "trainer_flags": trainer_flags}
-    if os.path.exists(state_path):
-        with open(state_path) as f:
-            previous = json.load(f)
-        if previous != config:
-            raise UsageError(f"--out={FLAGS.out} holds trials of another configuration ({previous}); "
-                             "use the same --trainer and trainer flags, or a new --out")
-    else:
+    previous = runs.previous_config(state_path)
+    if previous is not None and previous != config:
+        raise UsageError(f"--out={FLAGS.out} holds trials of another configuration ({previous}); "
+                         "use the same --trainer and trainer flags, or a new --out")
+    if previous is None:
         # The trainer checks its flags and the data before anything is written.
         runs.check_trainer_flags(FLAGS.trainer, [*trainer_flags, f"--seed={FLAGS.first_seed}",
                                                  f"--model_dir={os.path.join(out, f'seed-{FLAGS.first_seed}')}"])
+    runs.claim_out(out, state_path, config)
     from energynet_tf import io_utils
-
-    os.makedirs(out, exist_ok=True)
-    runs.lock_directory(out)
-    io_utils.atomic_write_json(state_path, config)
     seeds = [FLAGS.first_seed + k for k in range(FLAGS.n)]
     trials = []
     started = time.time()
