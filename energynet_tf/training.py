@@ -351,15 +351,15 @@ def train_and_evaluate(
             verbose=0,
         )
 
-    resumed_epoch = start_epoch
     try:
+        first = start_epoch  # the first epoch to run from its beginning
         if not phases.finished and start_epoch < max_epochs:
             if start_step:
                 saver.restore_metrics = state.get("metrics_values")
                 fit(start_epoch, start_epoch + 1, skip=start_step)
-                start_epoch += 1
-            if not phases.finished and not guard.tripped and start_epoch < max_epochs:
-                fit(start_epoch, max_epochs)
+                first += 1
+            if not phases.finished and not guard.tripped and first < max_epochs:
+                fit(first, max_epochs)
     except KeyboardInterrupt as e:
         # Ctrl-C or SIGTERM: the current step was saved (StopRequest); a
         # second signal stops at once, and the newest checkpoint is whole.
@@ -384,7 +384,7 @@ def train_and_evaluate(
             f"(batch {guard.bad_batch + 1}); training stopped and the last good checkpoint "
             f"({latest[0] if latest else 'none'}) was kept. Lower the learning rate or alpha."
         )
-    epochs_run = resumed_epoch + len(history) - len(state["history"])
+    epochs_run = start_epoch + len(history) - len(state["history"])
     table = model.energy_table
     metrics = {
         "baseline_energy": table.total_energy,
