@@ -29,7 +29,10 @@ class PhaseSchedule:
     them. Otherwise the gates' gradients are multiplied by
     `gate_lr_multiplier` (their own learning rate, with SGD). In phase II
     alpha ramps linearly from `alpha1` to `alpha2` over its first
-    `alpha_ramp_epochs` epochs (0: a step).
+    `alpha_ramp_epochs` epochs (0: a step). In phase III the gates' gradients
+    are multiplied by `phase3_gate_lr_multiplier` instead when it is set (0
+    freezes the gates: phase III then retrains the backbone under the skip
+    pattern phase II chose, instead of letting alpha 0.1 reopen blocks).
 
     The phase III test: phase III runs if the drop from phase I's to phase
     II's validation accuracy, in points, exceeds `restore_threshold` plus
@@ -57,6 +60,7 @@ class PhaseSchedule:
     gate_lr_multiplier: float = 1.0
     alpha_ramp_epochs: int = 0
     restore_z: float = 0.0
+    phase3_gate_lr_multiplier: float = None
 
     def __post_init__(self):
         for name in ("phase1_epochs", "phase2_epochs", "phase3_epochs", "warmup_epochs", "gate_warmup_epochs",
@@ -71,6 +75,11 @@ class PhaseSchedule:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"PhaseSchedule.{name} must be a finite number >= 0; received: {value!r}")
+        value = self.phase3_gate_lr_multiplier
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                  or not math.isfinite(value) or value < 0):
+            raise ValueError(
+                f"PhaseSchedule.phase3_gate_lr_multiplier must be a finite number >= 0 or None; received: {value!r}")
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
             raise ValueError(
                 f"PhaseSchedule.target_accuracy must be in (0, 1] or None; received: {self.target_accuracy!r}"
@@ -87,6 +96,12 @@ class PhaseSchedule:
             fraction = min(max(epochs_into_phase / self.alpha_ramp_epochs, 0.0), 1.0)
             return self.alpha1 + fraction * (self.alpha2 - self.alpha1)
         return {1: self.alpha1, 2: self.alpha2, 3: self.alpha3}[phase]
+
+    def gate_multiplier(self, phase):
+        """The factor on the gates' gradients in `phase` (after any gate warm-up)."""
+        if phase == 3 and self.phase3_gate_lr_multiplier is not None:
+            return self.phase3_gate_lr_multiplier
+        return self.gate_lr_multiplier
 
     def base_lr(self, phase):
         return {1: self.lr1, 2: self.lr2, 3: self.lr3}[phase]
@@ -174,7 +189,7 @@ class AlphaPhases(keras.callbacks.Callback):
         if hasattr(self.model, "gates_forced_open"):
             self.model.gates_forced_open.assign(1.0 if forced else 0.0)
         if hasattr(self.model, "gate_lr_multiplier"):
-            self.model.gate_lr_multiplier.assign(0.0 if forced else self.schedule.gate_lr_multiplier)
+            self.model.gate_lr_multiplier.assign(0.0 if forced else self.schedule.gate_multiplier(self.phase))
         self._set_lr(epoch, self.batch_offset)
 
     def on_train_batch_begin(self, batch, logs=None):

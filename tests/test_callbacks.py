@@ -158,6 +158,31 @@ def test_gate_warmup_freezes_the_gates_then_uses_the_schedules_gate_learning_rat
     assert logged == multipliers
 
 
+def test_phase3_gate_multiplier_applies_in_phase3_only():
+    # Phase II loses 10 points, so phase III runs; its gates are frozen.
+    cb = callbacks.AlphaPhases(_schedule(phase1_epochs=1, phase2_epochs=1, phase3_epochs=2, gate_lr_multiplier=10.0,
+                                         phase3_gate_lr_multiplier=0.0), steps_per_epoch=2, verbose=False)
+    model = _FakeModel()
+    cb.set_model(model)
+    multipliers = []
+    for epoch, accuracy in enumerate([0.9, 0.8, 0.85, 0.86]):
+        cb.on_epoch_begin(epoch)
+        multipliers.append(float(model.gate_lr_multiplier.numpy()))
+        cb.on_epoch_end(epoch, {"val_accuracy": accuracy})
+    assert multipliers == [10.0, 10.0, 0.0, 0.0]
+
+
+def test_phase3_gate_multiplier_unset_keeps_the_gates_rate():
+    schedule = _schedule(gate_lr_multiplier=3.0)
+    assert [schedule.gate_multiplier(p) for p in (1, 2, 3)] == [3.0, 3.0, 3.0]
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan"), True])
+def test_phase3_gate_multiplier_rejects_bad_values(value):
+    with pytest.raises(ValueError, match="phase3_gate_lr_multiplier"):
+        _schedule(phase3_gate_lr_multiplier=value)
+
+
 def test_alpha_ramps_linearly_through_phase2_per_step():
     cb = callbacks.AlphaPhases(_schedule(phase1_epochs=1, phase2_epochs=3, alpha_ramp_epochs=2, alpha1=0.1,
                                          alpha2=0.5), steps_per_epoch=4, verbose=False)

@@ -122,6 +122,7 @@ def test_another_configuration_in_the_same_out_is_refused(reproduction, fake_dat
 @pytest.mark.parametrize("setting, needle", [
     ("depht=8", "key=value with a key from"),
     ("epochs=ten", "must be a number"),
+    ("zero_init_residual=maybe", "must be true or false"),
     ("epochs=30,branch_epoch=20,phase1_epochs=1", "must fill the budget"),
     ("branch_epoch=40", "branch_epoch must be in"),
 ])
@@ -149,6 +150,25 @@ def test_overrides_are_typed():
     preset = reproduce.parse_overrides(reproduce.PRESETS["cpu"], "seed=4,alpha2=0.5,max_train_examples=none")
     assert (preset.seed, preset.alpha2, preset.max_train_examples) == (4, 0.5, None)
     assert isinstance(preset.seed, int) and isinstance(preset.alpha2, float)
+    ablation = reproduce.parse_overrides(
+        reproduce.PRESETS["cpu"], "zero_init_residual=false,decoupled_weight_decay=1e-4,weight_decay=0,"
+        "phase3_gate_lr_multiplier=0")
+    assert ablation.zero_init_residual is False and ablation.phase3_gate_lr_multiplier == 0.0
+    assert "--nozero_init_residual" in ablation.baseline_flags()
+    assert "--decoupled_weight_decay=0.0001" in ablation.baseline_flags()
+    assert "--phase3_gate_lr_multiplier=0.0" in ablation.energynet_flags("b.keras")
+    default = reproduce.PRESETS["cpu"]
+    assert "--zero_init_residual" in default.baseline_flags()
+    assert not any("decoupled" in f or "phase3_gate" in f for f in default.energynet_flags("b.keras"))
+
+
+def test_stored_configurations_without_newer_fields_still_match():
+    import dataclasses
+
+    stored = dataclasses.asdict(reproduce.PRESETS["cpu"])
+    for added in ("zero_init_residual", "decoupled_weight_decay", "phase3_gate_lr_multiplier"):
+        del stored[added]
+    assert reproduce._with_defaults(stored) == dataclasses.asdict(reproduce.PRESETS["cpu"])
 
 
 def test_seeds_reuse_finished_reproductions_and_write_the_spread(reproduction, fake_data_dir, tmp_path):

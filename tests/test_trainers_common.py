@@ -45,3 +45,12 @@ def test_check_run_dir_names_the_differing_setting(tmp_path):
     # Where the data lives may change between a run and its resumption.
     (tmp_path / "config.json").write_text(json.dumps(dict(config, data_dir="/elsewhere")))
     common.check_run_dir(dict(config, data_dir="/here"))
+
+
+def test_run_directories_from_before_added_settings_still_resume(tmp_path):
+    config = {"model_dir": str(tmp_path), "depth": 8, "phase3_gate_lr_multiplier": None,
+              "decoupled_weight_decay": 0.0}
+    (tmp_path / "config.json").write_text(json.dumps({"model_dir": str(tmp_path), "depth": 8}))
+    common.check_run_dir(config)
+    with pytest.raises(common.UsageError, match="decoupled_weight_decay=0.0.*0.0001"):
+        common.check_run_dir(dict(config, decoupled_weight_decay=1e-4))

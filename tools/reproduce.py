@@ -61,6 +61,12 @@ class Preset:
         alpha_ramp_epochs: phase II ramps alpha over this many epochs.
         restore_threshold, restore_z: the phase III test (`callbacks.PhaseSchedule`).
         weight_decay: coupled L2 weight decay of both arms.
+        decoupled_weight_decay: Keras SGD's decoupled decay of both arms (0:
+            off; for the weight-decay ablation).
+        zero_init_residual: both arms start each residual branch's last BN
+            gamma at zero.
+        phase3_gate_lr_multiplier: the gates' learning rate over the
+            backbone's in phase III (None: `gate_lr_multiplier`; 0 freezes them).
         batch_size: training batch size.
         seed: seed of both arms.
         max_train_examples: train on the first N training examples (None: all).
@@ -87,6 +93,9 @@ class Preset:
     restore_threshold: float = 0.1
     restore_z: float = 1.0
     weight_decay: float = 1e-4
+    decoupled_weight_decay: float = 0.0
+    zero_init_residual: bool = True
+    phase3_gate_lr_multiplier: float = None
     batch_size: int = 128
     seed: int = 0
     max_train_examples: int = None
@@ -95,7 +104,11 @@ class Preset:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "max_train_examples" and value is None:
+            if f.name in ("max_train_examples", "phase3_gate_lr_multiplier") and value is None:
+                continue
+            if f.type is bool:
+                if not isinstance(value, bool):
+                    raise UsageError(f"preset field {f.name} must be true or false; received: {value!r}")
                 continue
             if f.name == "energy_term":
                 if value not in ("expected", "decisions"):
@@ -133,13 +146,17 @@ class Preset:
             f"--energy_term={self.energy_term}",
             f"--alpha_ramp_epochs={self.alpha_ramp_epochs}",
             f"--restore_threshold={self.restore_threshold}", f"--restore_z={self.restore_z}",
-        ]
+        ] + ([] if self.phase3_gate_lr_multiplier is None
+             else [f"--phase3_gate_lr_multiplier={self.phase3_gate_lr_multiplier}"])
 
     def _common_flags(self):
         out = [
             f"--depth={self.depth}", f"--batch_size={self.batch_size}", f"--seed={self.seed}",
             f"--weight_decay={self.weight_decay}", f"--validation_examples={self.validation_examples}",
+            f"--{'' if self.zero_init_residual else 'no'}zero_init_residual",
         ]
+        if self.decoupled_weight_decay:
+            out.append(f"--decoupled_weight_decay={self.decoupled_weight_decay}")
         if self.max_train_examples is not None:
             out.append(f"--max_train_examples={self.max_train_examples}")
         return out
@@ -154,6 +171,14 @@ PRESETS = {
     "paper": Preset(depth=38, epochs=220, branch_epoch=160, phase1_epochs=20, phase2_epochs=30,
                     phase3_epochs=10),
 }
+
+
+def _with_defaults(config):
+    """A stored preset dict with the fields added since it was written set to their defaults."""
+    if not isinstance(config, dict):
+        return config
+    defaults = {f.name: f.default for f in dataclasses.fields(Preset) if f.default is not dataclasses.MISSING}
+    return {**{k: v for k, v in defaults.items() if k not in config}, **config}
 
 
 def parse_overrides(preset, text):
@@ -173,8 +198,12 @@ def parse_overrides(preset, text):
             raise UsageError(f"--set: {item!r} is not key=value with a key from {sorted(fields)}")
         kind = fields[key].type
         try:
-            if key == "max_train_examples" and value.lower() in ("none", ""):
+            if key in ("max_train_examples", "phase3_gate_lr_multiplier") and value.lower() in ("none", ""):
                 changes[key] = None
+            elif kind is bool:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                changes[key] = value.lower() in ("true", "1")
             elif kind is str:
                 changes[key] = value
             elif kind is int or key == "max_train_examples":
@@ -182,7 +211,8 @@ def parse_overrides(preset, text):
             else:
                 changes[key] = float(value)
         except ValueError:
-            raise UsageError(f"--set: {key}={value!r} must be a number") from None
+            what = "true or false" if kind is bool else "a number"
+            raise UsageError(f"--set: {key}={value!r} must be {what}") from None
     return dataclasses.replace(preset, **changes)
 
 
@@ -410,7 +440,7 @@ def reproduce_one(preset, out, data_dir, command, ship_dir=None):
     if os.path.exists(state_path):
         with open(state_path) as f:
             previous = json.load(f)
-        if previous.get("config") != dataclasses.asdict(preset):
+        if _with_defaults(previous.get("config")) != dataclasses.asdict(preset):
             raise UsageError(
                 f"{out} holds a reproduction with another configuration "
                 f"({previous.get('config')}); use the same preset and --set, or a new --out")

@@ -16,6 +16,8 @@ FLAGS = flags.FLAGS
 # Keys of config.json that may change between a run and its resumption.
 _RESUMABLE_KEYS = ("model_dir", "data_dir", "verbose", "keep_checkpoints", "pin_checkpoints", "evaluate_test",
                    "checkpoint_every_steps")
+# Keys added after runs were made: a config.json without them had these values.
+_ADDED_KEYS = {"phase3_gate_lr_multiplier": None, "decoupled_weight_decay": 0.0}
 
 
 from energynet_tf import cli  # noqa: E402
@@ -49,6 +51,8 @@ def define_flags(default_depth, default_batch_size=128):
     flags.DEFINE_float("weight_decay", 1e-4, "Coupled L2 weight decay on every weight (its gradient weight_decay * w is added, as in the CIFAR ResNet recipe).")
     flags.DEFINE_boolean("zero_init_residual", True, "Start each residual branch's last BN gamma at zero (blocks begin as their shortcuts).")
     flags.DEFINE_float("gate_lr_multiplier", 1.0, "The gates' learning rate as a multiple of the backbone's.")
+    flags.DEFINE_float("phase3_gate_lr_multiplier", None, "The gates' learning-rate multiple in phase III (unset: --gate_lr_multiplier; 0 freezes the gates, so phase III retrains the backbone under phase II's skip pattern).")
+    flags.DEFINE_float("decoupled_weight_decay", 0.0, "Keras SGD's decoupled weight decay (w -= lr * wd * w), off by default; 1e-4 with --weight_decay=0 is this project's recipe before the coupled decay (for ablations).")
     flags.DEFINE_float("gate_noise", 1.0, "Scale of the logistic noise on the gates' logits in training (1: each decision is a Bernoulli(p) sample; 0: deterministic p > 0.5).")
     flags.DEFINE_enum("energy_term", "decisions", ["expected", "decisions"], "What the loss charges: the energy of the decisions taken (straight-through gradient) or the expected energy of the soft probabilities.")
     flags.DEFINE_integer("alpha_ramp_epochs", 0, "Phase II ramps alpha linearly from alpha1 to alpha2 over this many epochs (0: a step).")
@@ -105,10 +109,12 @@ def check_flags(extra_config):
         if value < 0:
             raise UsageError(f"--{name}={value} must be >= 0")
     for name in ("alpha1", "alpha2", "alpha3", "lr1", "lr2", "lr3", "restore_threshold", "weight_decay", "momentum",
-                 "gate_lr_multiplier", "restore_z", "gate_noise"):
+                 "gate_lr_multiplier", "restore_z", "gate_noise", "decoupled_weight_decay"):
         value = getattr(FLAGS, name)
         if not (value >= 0 and value < float("inf")):
             raise UsageError(f"--{name}={value} must be a finite number >= 0")
+    if FLAGS.phase3_gate_lr_multiplier is not None and not 0 <= FLAGS.phase3_gate_lr_multiplier < float("inf"):
+        raise UsageError(f"--phase3_gate_lr_multiplier={FLAGS.phase3_gate_lr_multiplier} must be a finite number >= 0 (or left unset)")
     if FLAGS.momentum >= 1:
         raise UsageError(f"--momentum={FLAGS.momentum} must be in [0, 1)")
     if FLAGS.target_accuracy is not None and not 0 < FLAGS.target_accuracy <= 1:
@@ -152,6 +158,8 @@ def check_flags(extra_config):
         "weight_decay": FLAGS.weight_decay,
         "zero_init_residual": FLAGS.zero_init_residual,
         "gate_lr_multiplier": FLAGS.gate_lr_multiplier,
+        "phase3_gate_lr_multiplier": FLAGS.phase3_gate_lr_multiplier,
+        "decoupled_weight_decay": FLAGS.decoupled_weight_decay,
         "gate_noise": FLAGS.gate_noise,
         "energy_term": FLAGS.energy_term,
         "alpha_ramp_epochs": FLAGS.alpha_ramp_epochs,
@@ -203,9 +211,10 @@ def check_run_dir(config):
     for key in sorted(set(previous) | set(config)):
         if key in _RESUMABLE_KEYS:
             continue
-        if previous.get(key) != config.get(key):
+        before = previous.get(key, _ADDED_KEYS.get(key))
+        if before != config.get(key):
             raise UsageError(
-                f"--model_dir={config['model_dir']} holds a run with {key}={previous.get(key)!r}, "
+                f"--model_dir={config['model_dir']} holds a run with {key}={before!r}, "
                 f"but this run has {key}={config.get(key)!r}; use the same flags to resume or a new --model_dir"
             )
 
@@ -301,6 +310,7 @@ def run(config, make_model, make_data, top5=False, check_only=False):
             gate_lr_multiplier=config.get("gate_lr_multiplier", 1.0),
             alpha_ramp_epochs=config.get("alpha_ramp_epochs", 0),
             restore_z=config.get("restore_z", 0.0),
+            phase3_gate_lr_multiplier=config.get("phase3_gate_lr_multiplier"),
         )
         os.makedirs(config["model_dir"], exist_ok=True)
         io_utils.atomic_write_json(os.path.join(config["model_dir"], "config.json"), config)
@@ -312,7 +322,8 @@ def run(config, make_model, make_data, top5=False, check_only=False):
                 f"E_fixed {table.fixed_energy / table.total_energy:.1%}, E_gates {table.gate_energy / table.total_energy:.3%} of E_total",
                 flush=True,
             )
-        optimizer = training.make_optimizer(momentum=config["momentum"])
+        optimizer = training.make_optimizer(momentum=config["momentum"],
+                                            weight_decay=config.get("decoupled_weight_decay") or None)
         return training.train_and_evaluate(
             model,
             data,
