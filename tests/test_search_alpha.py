@@ -111,3 +111,69 @@ def test_missing_data_fails_fast_and_writes_nothing(tmp_path):
                         timeout=120)
     assert result.returncode == 2 and "CIFAR-10 data directory does not exist" in error_lines(result)[0]
     assert not out.exists()
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_search_runs_every_trial_exactly_once(fake_cifar_dir, tmp_path):
+    """keras-tuner's chief serves the oracle on loopback; two workers take the three trials."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, tool_env
+
+    out = tmp_path / "out"
+    args = [f"--data_dir={fake_cifar_dir}", f"--out={out}", "--max_trials=3", "--alpha_min=0.5", "--alpha_max=4",
+            *TINY_BUDGET]
+    env = dict(tool_env(), KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(_free_port()))
+    processes = {
+        name: subprocess.Popen([sys.executable, "-u", "-m", "tools.search_alpha", *args], cwd=REPO,
+                               env=dict(env, KERASTUNER_TUNER_ID=name), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        for name in ("chief", "tuner0", "tuner1")
+    }
+    outputs = {}
+    try:
+        for name, process in processes.items():
+            outputs[name] = process.communicate(timeout=480)[0]
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+    for name, process in processes.items():
+        assert process.returncode == 0, (name, outputs.get(name, "")[-3000:])
+    started = {name: sorted(line.split(":")[0].split()[-1] for line in text.splitlines()
+                            if line.startswith("[search_alpha] trial") and "alpha2=" in line)
+               for name, text in outputs.items()}
+    # The chief only serves the oracle; every trial ran on exactly one worker.
+    assert started["chief"] == []
+    assert sorted(started["tuner0"] + started["tuner1"]) == ["0", "1", "2"], started
+    for name in ("tuner0", "tuner1"):
+        assert "the oracle has no more trials" in outputs[name]
+    rows = _rows(os.path.join(out, "trials.csv"))
+    assert sorted(r["trial_id"] for r in rows) == ["0", "1", "2"]
+    assert sorted(float(r["alpha2"]) for r in rows) == [0.5, 1.41, 4.0]
+    for r in rows:
+        log = open(os.path.join(out, "search", f"trial_{r['trial_id']}", "trainer.log")).read()
+        assert log.count("EnergyNet depth 8:") == 1
+    assert os.path.exists(os.path.join(out, "front.png"))
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_TUNER_ID": "chief"}, "KERASTUNER_ORACLE_PORT is not"),
+    ({"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": "99999", "KERASTUNER_TUNER_ID": "chief"},
+     "KERASTUNER_ORACLE_PORT='99999'"),
+])
+def test_half_configured_distribution_gets_one_line(env, needle, monkeypatch):
+    for name in ("KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(search_alpha.UsageError, match=needle):
+        search_alpha.distribution()

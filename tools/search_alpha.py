@@ -25,10 +25,15 @@ trials on validation accuracy and savings, with their test numbers) and
 `--accuracy_floor=X` reports the trial that saves the most energy at
 validation accuracy >= X.
 
-keras-tuner's distributed mode (one oracle, many workers, set by its
-`KERASTUNER_TUNER_ID`, `KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT`
-variables) is wired in (workers wait for the chief's baseline and do not
-write the tables) but not yet tested here: until it is, run one process.
+Distributed search (keras-tuner's own mode: one oracle, many workers). Set
+`KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT` (where the chief serves
+the oracle) and `KERASTUNER_TUNER_ID` (`chief` for the chief, any other id,
+e.g. `tuner0`, for a worker) and run the same command in every process, with
+an `--out` on a filesystem every process sees. The chief trains the baseline,
+serves the oracle until every trial is done, then evaluates the front and
+writes the tables; each worker waits for the baseline, then takes trials from
+the oracle until it has none left. The chief waits for its workers: if every
+worker dies, stop the chief and rerun all of them (trials resume).
 """
 
 import csv
@@ -174,6 +179,26 @@ def make_tuner(hypermodel, oracle_name, max_trials, seed, directory, data_dir, b
                        overwrite=False)
 
 
+def distribution():
+    """(distributed, worker) from keras-tuner's variables; a half-set configuration is a UsageError.
+
+    keras-tuner's rule: the search is distributed when `KERASTUNER_ORACLE_IP`
+    is set; the process whose `KERASTUNER_TUNER_ID` contains "chief" serves
+    the oracle, every other one is a worker taking trials from it.
+    """
+    env = os.environ
+    if "KERASTUNER_ORACLE_IP" not in env:
+        return False, False
+    for name in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"):
+        if not env.get(name):
+            raise UsageError(f"KERASTUNER_ORACLE_IP is set but {name} is not; a distributed search needs "
+                             "KERASTUNER_ORACLE_IP, KERASTUNER_ORACLE_PORT and KERASTUNER_TUNER_ID (chief or a worker id)")
+    port = env["KERASTUNER_ORACLE_PORT"]
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"KERASTUNER_ORACLE_PORT={port!r} must be a port number in 1..65535")
+    return True, "chief" not in env["KERASTUNER_TUNER_ID"]
+
+
 def finished_trials(tuner):
     """Rows for trials.csv: every completed trial's hyperparameters and metrics, by trial id."""
     rows = []
@@ -274,7 +299,7 @@ def main():
     config = {"recipe": dataclasses.asdict(recipe), "oracle": FLAGS.oracle, "alpha_min": FLAGS.alpha_min,
               "alpha_max": FLAGS.alpha_max, "grid_size": grid_size, "gate_lr_multipliers": multipliers}
     state_path = os.path.join(out, "search_config.json")
-    worker = os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief"
+    distributed, worker = distribution()
     if os.path.exists(state_path):
         with open(state_path) as f:
             previous = json.load(f)
@@ -309,8 +334,15 @@ def main():
     hypermodel = make_hypermodel(recipe, FLAGS.alpha_min, FLAGS.alpha_max, grid_size, multipliers)
     tuner = make_tuner(hypermodel, FLAGS.oracle, FLAGS.max_trials, recipe.seed, out, data_dir, branch,
                        echo=FLAGS.echo)
-    print(f"[search_alpha] 2/3 search: {FLAGS.max_trials} trials, oracle {FLAGS.oracle}, from the baseline's "
-          f"epoch {recipe.branch_epoch}; {len(finished_trials(tuner))} finished earlier", flush=True)
+    if worker:
+        # A worker's oracle is keras-tuner's client of the chief's: it has no trial table of its own.
+        print(f"[search_alpha] 2/3 worker {os.environ['KERASTUNER_TUNER_ID']}: taking trials from the oracle at "
+              f"{os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}", flush=True)
+    else:
+        where = (f" (serving the oracle at {os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}"
+                 " to the workers)" if distributed else "")
+        print(f"[search_alpha] 2/3 search: {FLAGS.max_trials} trials, oracle {FLAGS.oracle}, from the baseline's "
+              f"epoch {recipe.branch_epoch}; {len(finished_trials(tuner))} finished earlier{where}", flush=True)
     tuner.search()
     if worker:
         print("[search_alpha] worker: the oracle has no more trials", flush=True)
