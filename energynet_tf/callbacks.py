@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from energynet_tf import distribute
 from energynet_tf import metrics as metrics_lib
 
 
@@ -410,7 +411,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
             for variable in self.model.metrics_variables:
                 saved = self.restore_metrics.get(variable.path)
                 if saved is not None:
-                    variable.assign(np.asarray(saved, dtype=variable.dtype) + np.asarray(variable))
+                    distribute.assign_sum(variable, np.asarray(saved, dtype=variable.dtype) + np.asarray(variable))
             self.restore_metrics = None
         if self.guard.tripped:
             return

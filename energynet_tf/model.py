@@ -351,8 +351,21 @@ class EnergyNet(keras.Model):
             # A pure function of the step: a run resumed from a checkpoint
             # (which holds the optimizer's step count) draws the same noise.
             step = ops.cast(self.optimizer.iterations, "int32")
-            gate_uniform = tf.random.stateless_uniform(
-                (ops.shape(x)[0], self.num_gates), seed=tf.stack([1337, step]), dtype=tf.float32)
+            seed = tf.stack([1337, step])
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            context = tf.distribute.get_replica_context()
+            if replicas > 1 and context is not None:
+                # Replica r trains on rows [r * b, (r + 1) * b) of the global
+                # batch (distribute.shard_of_batches): it takes the same rows of
+                # the global batch's noise, so the noise of an example does not
+                # depend on the number of replicas.
+                local = ops.shape(x)[0]
+                noise = tf.random.stateless_uniform((local * replicas, self.num_gates), seed=seed, dtype=tf.float32)
+                start = ops.cast(context.replica_id_in_sync_group, "int32") * local
+                gate_uniform = noise[start:start + local]
+            else:
+                gate_uniform = tf.random.stateless_uniform(
+                    (ops.shape(x)[0], self.num_gates), seed=seed, dtype=tf.float32)
         out = self.forward(x, training=training, gate_uniform=gate_uniform)
         # Keras loss objects already divide by the number of replicas; the
         # hand-made energy term must be scaled the same way (docs/design.md §4).

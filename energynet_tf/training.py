@@ -6,8 +6,10 @@ import sys
 import time
 
 import keras
+import tensorflow as tf
 
 from energynet_tf import callbacks as callbacks_lib
+from energynet_tf import distribute
 from energynet_tf import io_utils
 from energynet_tf import metrics as metrics_lib
 
@@ -54,7 +56,7 @@ class RunCheckpoints:
     def _pointer(self):
         return os.path.join(self.directory, "latest.json")
 
-    def latest(self):
+    def latest(self, read_only=False):
         """Returns `(weights_path, state)` of the newest intact checkpoint, or None.
 
         `latest.json` names the newest checkpoint; if it is missing or
@@ -62,6 +64,8 @@ class RunCheckpoints:
         archive fails its CRC check or whose state JSON cannot be read is
         reported in one line on stderr and renamed `*.damaged` (kept for the
         user, ignored from then on), and the next older one is tried.
+        With `read_only` (a process that does not own the directory, such as
+        a non-chief worker) nothing is renamed.
 
         Raises:
             TrainingError: if checkpoint files exist but none is intact (names them).
@@ -94,6 +98,9 @@ class RunCheckpoints:
                 with open(state_path) as f:
                     return weights, json.load(f)
             tried.append(name)
+            if read_only:
+                _warn(f"checkpoint {name} in {self.directory} is damaged ({problem}); trying the one before")
+                continue
             _warn(f"checkpoint {name} in {self.directory} is damaged ({problem}); renamed *.damaged, "
                   "trying the one before")
             for path in (weights, state_path):
@@ -210,9 +217,16 @@ def compile_model(model, optimizer, top5=False):
     )
 
 
-def evaluation_metrics(model, dataset, top5=False):
-    """Evaluates a compiled `EnergyNet` on `dataset`; returns the `test_*` and savings numbers of `metrics.json`."""
-    test = model.evaluate(dataset, return_dict=True, verbose=0)
+def evaluation_metrics(model, dataset, top5=False, multi_worker=None):
+    """Evaluates a compiled `EnergyNet` on `dataset`; returns the `test_*` and savings numbers of `metrics.json`.
+
+    `multi_worker` is a `distribute.MultiWorkerTrainer` under
+    MultiWorkerMirroredStrategy (whose `evaluate()` Keras cannot run).
+    """
+    if multi_worker is not None:
+        test = multi_worker.evaluate(dataset)
+    else:
+        test = model.evaluate(dataset, return_dict=True, verbose=0)
     out = {
         "test_accuracy": float(test["accuracy"]),
         "test_loss": float(test["loss"]),
@@ -243,6 +257,8 @@ def train_and_evaluate(
     pinned_epochs=(),
     evaluate_test=True,
     checkpoint_every_steps=0,
+    strategy=None,
+    resume_dir=None,
 ):
     """Trains `model` through the alpha phases, resuming from `model_dir`, and evaluates it.
 
@@ -267,6 +283,15 @@ def train_and_evaluate(
             no `test_*` numbers (a search selects on validation only).
         checkpoint_every_steps: also checkpoint within epochs every this many
             steps (0: at epoch ends only); a run resumes at the exact step.
+        strategy: the `tf.distribute.Strategy` the model and optimizer were
+            built in (None: the current one). Under MultiWorkerMirroredStrategy
+            training runs in `distribute.MultiWorkerTrainer`, each worker on
+            its slice of every global batch, and Ctrl-C and SIGTERM stop the
+            process at once (a stop of one worker alone cannot be agreed on):
+            rerun every worker to resume from the last checkpoint.
+        resume_dir: where to look for the checkpoint to resume from (default
+            `model_dir`); a non-chief worker resumes from the chief's run
+            directory and writes into a scratch `model_dir`.
 
     Returns:
         The dict written to `metrics.json`.
@@ -277,10 +302,16 @@ def train_and_evaluate(
         Interrupted: on Ctrl-C or SIGTERM, after saving the current step.
     """
     os.makedirs(model_dir, exist_ok=True)
-    compile_model(model, optimizer, top5=top5)
-    optimizer.build(model.trainable_variables)
+    strategy = strategy or tf.distribute.get_strategy()
+    multi_worker = distribute.is_multi_worker(strategy)
+    with strategy.scope():
+        compile_model(model, optimizer, top5=top5)
+        optimizer.build(model.trainable_variables)
     checkpoints = RunCheckpoints(
         os.path.join(model_dir, "checkpoints"), keep=keep_checkpoints, pinned=pinned_epochs)
+    resume_from = checkpoints
+    if resume_dir is not None and os.path.abspath(resume_dir) != os.path.abspath(model_dir):
+        resume_from = RunCheckpoints(os.path.join(resume_dir, "checkpoints"))
 
     steps_per_epoch = data.steps_per_epoch
     if model.baseline:
@@ -297,10 +328,11 @@ def train_and_evaluate(
 
     start_epoch, start_step = 0, 0
     state = {"wall_seconds": 0.0, "history": []}
-    latest = checkpoints.latest()
+    latest = resume_from.latest(read_only=resume_from is not checkpoints)
     if latest is not None:
         weights, state = latest
-        model.load_weights(weights)
+        with strategy.scope():
+            model.load_weights(weights)
         start_epoch, start_step = int(state["epoch"]), int(state.get("step", 0))
         phases.set_state(state["schedule_state"])
         if verbose:
@@ -314,7 +346,7 @@ def train_and_evaluate(
         return previous_wall + (time.time() - started)
 
     guard = callbacks_lib.NonFiniteLossGuard()
-    stop = callbacks_lib.StopRequest()
+    stop = None if multi_worker else callbacks_lib.StopRequest()
     saver = callbacks_lib.EpochCheckpoint(checkpoints, phases, guard, clock, history, steps_per_epoch=steps_per_epoch,
                             every_steps=checkpoint_every_steps, stop_request=stop)
     tensorboard_dir = os.path.join(model_dir, "tensorboard")
@@ -333,12 +365,23 @@ def train_and_evaluate(
     # Last: a step checkpoint sees the step's logs after every other callback.
     callbacks.append(saver)
 
+    trainer = distribute.MultiWorkerTrainer(model, strategy) if multi_worker else None
+
     def fit(first, end, skip=0):
         # `skip` steps of epoch `first` were trained before an interruption:
         # the stream skips them and the batch-aware callbacks count from there.
         for callback in (phases, saver, position, progress):
             if callback is not None:
                 callback.batch_offset = skip
+        if trainer is not None:
+            def worker_stream(num_workers, index):
+                stream = data.train_epochs(first, end)
+                stream = stream.skip(skip) if skip else stream
+                return distribute.shard_of_batches(stream, data.batch_size, num_workers, index)
+
+            trainer.fit(worker_stream, epochs=end, initial_epoch=first, steps_per_epoch=steps_per_epoch - skip,
+                        validation_data=data.validation, callbacks=callbacks)
+            return
         stream = data.train_epochs(first, end)
         model.fit(
             stream.skip(skip) if skip else stream,
@@ -376,7 +419,8 @@ def train_and_evaluate(
             f"interrupted ({'SIGTERM' if status == 143 else 'SIGINT'}) {where}; {kept_text}; "
             "resume with the same command", status) from None
     finally:
-        stop.restore()
+        if stop is not None:
+            stop.restore()
     if guard.tripped:
         latest = checkpoints.latest()
         raise TrainingError(
@@ -397,7 +441,7 @@ def train_and_evaluate(
         "baseline": bool(model.baseline),
     }
     if evaluate_test:
-        metrics.update(evaluation_metrics(model, data.test, top5=top5))
+        metrics.update(evaluation_metrics(model, data.test, top5=top5, multi_worker=trainer))
     if history:
         last = history[-1]
         for key in ("val_accuracy", "val_energy_savings", "val_block_energy_savings", "val_mac_savings",

@@ -15,7 +15,7 @@ FLAGS = flags.FLAGS
 
 # Keys of config.json that may change between a run and its resumption.
 _RESUMABLE_KEYS = ("model_dir", "data_dir", "verbose", "keep_checkpoints", "pin_checkpoints", "evaluate_test",
-                   "checkpoint_every_steps")
+                   "checkpoint_every_steps", "strategy")
 # Keys added after runs were made: a config.json without them had these values.
 _ADDED_KEYS = {"phase3_gate_lr_multiplier": None, "decoupled_weight_decay": 0.0}
 
@@ -73,6 +73,7 @@ def define_flags(default_depth, default_batch_size=128):
     flags.DEFINE_boolean("deterministic", True, "TensorFlow op determinism: the same seed gives the same run.")
     flags.DEFINE_boolean("verbose", True, "Print progress.")
     flags.DEFINE_boolean("evaluate_test", True, "Evaluate the final model on the test split (searches turn it off: nothing is selected on the test set).")
+    flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy: default (one device), mirrored (every local GPU), multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG; run the same command on every worker, with a --model_dir all of them see) or tpu. --batch_size is the global batch; only the chief writes. A run may resume under another strategy.")
     flags.DEFINE_boolean("check_only", False, "Check the flags, the run directory and the data, then exit 0 without writing anything.")
 
 
@@ -182,6 +183,7 @@ def check_flags(extra_config):
         "deterministic": FLAGS.deterministic,
         "verbose": FLAGS.verbose,
         "evaluate_test": FLAGS.evaluate_test,
+        "strategy": FLAGS.strategy,
     }
     config.update(extra_config)
     return config
@@ -269,14 +271,16 @@ def run(config, make_model, make_data, top5=False, check_only=False):
     Returns:
         The metrics dict (None with `check_only`).
     """
-    import keras
     import tensorflow as tf
 
-    from energynet_tf import callbacks as callbacks_lib
-    from energynet_tf import io_utils
-    from energynet_tf import training
+    from energynet_tf import distribute
 
     check_run_dir(config)
+    if config.get("strategy") == "multi_worker":
+        try:
+            distribute.check_tf_config(os.environ.get("TF_CONFIG"))
+        except ValueError as e:
+            raise UsageError(f"--strategy=multi_worker: {e}") from None
     if config["deterministic"]:
         # Op determinism alone is not enough on CPU: oneDNN kernels running
         # concurrently on the inter-op pool change float summation order
@@ -285,18 +289,56 @@ def run(config, make_model, make_data, top5=False, check_only=False):
         # own intra-op parallelism, at no measurable cost (BUILD.md).
         tf.config.threading.set_inter_op_parallelism_threads(1)
         tf.config.experimental.enable_op_determinism()
+    strategy = None
+    if not check_only:
+        # MultiWorkerMirroredStrategy configures collective ops: before any other TensorFlow op.
+        try:
+            strategy = distribute.make_strategy(config.get("strategy", "default"))
+        except ValueError as e:
+            raise UsageError(f"--strategy={config.get('strategy')}: {e}") from None
     # Data problems (missing dataset, bad sizes) surface before anything is written.
     data = make_data(config)
     if check_only:
         if config["verbose"]:
             print(f"check_only: the flags, --model_dir and the data are usable ({data.steps_per_epoch} steps per epoch)", flush=True)
         return None
+    if config["batch_size"] % strategy.num_replicas_in_sync:
+        raise UsageError(f"--batch_size={config['batch_size']} is the global batch: it must be a multiple of the "
+                         f"{strategy.num_replicas_in_sync} replicas")
+    if distribute.is_chief(strategy):
+        return _run_in(config, config["model_dir"], strategy, make_model, data, top5)
+    # A non-chief worker computes what the chief computes (collective ops need
+    # every worker) but writes into a scratch directory, deleted at the end;
+    # it resumes from the chief's checkpoints.
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="energynet-worker-")
+    if config["verbose"]:
+        print(f"worker {strategy.cluster_resolver.task_type} {strategy.cluster_resolver.task_id}: the chief "
+              f"writes {config['model_dir']}; this worker resumes from it and writes nothing there", flush=True)
+    try:
+        return _run_in(config, scratch, strategy, make_model, data, top5, resume_dir=config["model_dir"])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_in(config, write_dir, strategy, make_model, data, top5, resume_dir=None):
+    """Builds the model in `strategy`'s scope and trains it, writing into `write_dir`."""
+    import keras
+
+    from energynet_tf import callbacks as callbacks_lib
+    from energynet_tf import distribute
+    from energynet_tf import io_utils
+    from energynet_tf import training
+
     # One process per run directory: a second trainer on it stops here (io_utils.DirectoryLock).
-    with io_utils.DirectoryLock(config["model_dir"], " ".join(sys.argv)):
+    with io_utils.DirectoryLock(write_dir, " ".join(sys.argv)):
         keras.utils.set_random_seed(config["seed"])
-        model = make_model(config)
-        if config["init_from"]:
-            init_from_baseline(model, config["init_from"])
+        with strategy.scope():
+            model = make_model(config)
+            if config["init_from"]:
+                init_from_baseline(model, config["init_from"])
         schedule = callbacks_lib.PhaseSchedule(
             phase1_epochs=config["phase1_epochs"],
             phase2_epochs=config["phase2_epochs"],
@@ -312,8 +354,8 @@ def run(config, make_model, make_data, top5=False, check_only=False):
             restore_z=config.get("restore_z", 0.0),
             phase3_gate_lr_multiplier=config.get("phase3_gate_lr_multiplier"),
         )
-        os.makedirs(config["model_dir"], exist_ok=True)
-        io_utils.atomic_write_json(os.path.join(config["model_dir"], "config.json"), config)
+        os.makedirs(write_dir, exist_ok=True)
+        io_utils.atomic_write_json(os.path.join(write_dir, "config.json"), config)
         if config["verbose"]:
             table = model.energy_table
             print(
@@ -322,12 +364,13 @@ def run(config, make_model, make_data, top5=False, check_only=False):
                 f"E_fixed {table.fixed_energy / table.total_energy:.1%}, E_gates {table.gate_energy / table.total_energy:.3%} of E_total",
                 flush=True,
             )
-        optimizer = training.make_optimizer(momentum=config["momentum"],
-                                            weight_decay=config.get("decoupled_weight_decay") or None)
-        return training.train_and_evaluate(
+        with strategy.scope():
+            optimizer = training.make_optimizer(momentum=config["momentum"],
+                                                weight_decay=config.get("decoupled_weight_decay") or None)
+        metrics = training.train_and_evaluate(
             model,
             data,
-            config["model_dir"],
+            write_dir,
             schedule,
             config["batch_size"],
             optimizer,
@@ -337,7 +380,15 @@ def run(config, make_model, make_data, top5=False, check_only=False):
             pinned_epochs=config.get("pin_checkpoints", ()),
             evaluate_test=config.get("evaluate_test", True),
             checkpoint_every_steps=config.get("checkpoint_every_steps", 0),
+            strategy=strategy,
+            resume_dir=resume_dir,
         )
+        if distribute.is_multi_worker(strategy):
+            # Every worker holds the same variables after a synchronous job: a digest each can print.
+            resolver = strategy.cluster_resolver
+            print(f"worker {resolver.task_type} {resolver.task_id}: weights sha256 "
+                  f"{distribute.weights_digest(model)}", flush=True)
+        return metrics
 
 
 class _Terminated(KeyboardInterrupt):
@@ -382,6 +433,16 @@ def main_guard(fn):
             cli.fail(e, 2)
         if isinstance(e, training.TrainingError):
             cli.fail(e, 3)
+        import tensorflow as tf
+
+        if FLAGS.strategy == "multi_worker" and isinstance(e, (tf.errors.UnavailableError,
+                                                              tf.errors.DeadlineExceededError)):
+            # A peer died or cannot be reached: this worker cannot go on alone.
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            telling = [line for line in lines if any(w in line for w in ("unhealthy", "aborted", "Connection", "/job:"))]
+            detail = (telling or lines or [""])[0][:300]
+            cli.fail(f"another worker stopped or cannot be reached ({type(e).__name__}: {detail}); rerun every "
+                     "worker's command to resume the job from the chief's last checkpoint", 3)
         if isinstance(e, training.Interrupted):
             import shlex
 

@@ -8,18 +8,21 @@ import numpy as np
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-def _write_batch(path, ids, rng):
+def _write_batch(path, ids, rng, black=False):
     """Writes CIFAR binary records: a label byte, then 3072 CHW pixel bytes."""
     images = rng.integers(0, 256, (len(ids), 3, 32, 32), dtype=np.uint8)
-    # The example's id sits in pixel (0, 0), channels 0 and 1, so tests can
-    # tell examples apart after the pipeline.
-    images[:, 0, 0, 0] = ids % 256
-    images[:, 1, 0, 0] = ids // 256
+    if black:
+        images[:] = 0
+    else:
+        # The example's id sits in pixel (0, 0), channels 0 and 1, so tests can
+        # tell examples apart after the pipeline.
+        images[:, 0, 0, 0] = ids % 256
+        images[:, 1, 0, 0] = ids // 256
     labels = (ids % 10).astype(np.uint8)
     np.concatenate([labels[:, None], images.reshape(len(ids), -1)], 1).tofile(path)
 
 
-def make_fake_cifar10(root, train_per_file=40, num_test=50, seed=0):
+def make_fake_cifar10(root, train_per_file=40, num_test=50, seed=0, black=False):
     """Prepares a tiny `cifar10` 3.0.2 with tfds' own builder on fake CIFAR files.
 
     The real builder runs on fake binary batches (its download is patched to
@@ -30,6 +33,9 @@ def make_fake_cifar10(root, train_per_file=40, num_test=50, seed=0):
         train_per_file: examples in each of the five train batch files.
         num_test: test examples (ids start at 1000, so they differ from train ids).
         seed: seed of the random pixels.
+        black: every image all zeros (labels still vary): every example is the
+            same after augmentation (a zero-padded crop of black is black), so
+            per-replica batch-norm statistics equal the global batch's.
 
     Returns:
         The tfds data directory to pass as `data_dir`.
@@ -41,8 +47,8 @@ def make_fake_cifar10(root, train_per_file=40, num_test=50, seed=0):
     rng = np.random.default_rng(seed)
     for i in range(5):
         ids = np.arange(train_per_file * i, train_per_file * (i + 1))
-        _write_batch(os.path.join(raw, f"data_batch_{i + 1}.bin"), ids, rng)
-    _write_batch(os.path.join(raw, "test_batch.bin"), np.arange(1000, 1000 + num_test), rng)
+        _write_batch(os.path.join(raw, f"data_batch_{i + 1}.bin"), ids, rng, black)
+    _write_batch(os.path.join(raw, "test_batch.bin"), np.arange(1000, 1000 + num_test), rng, black)
     with open(os.path.join(raw, "batches.meta.txt"), "w") as f:
         f.write("\n".join(CLASS_NAMES) + "\n")
     out = os.path.join(root, "tfds")
