@@ -1,4 +1,7 @@
-"""Tests of `python -m tools.litert_keep_branches` (the diagnostic LiteRT copy)."""
+"""Tests of `python -m benchmarks.litert_keep_branches` (the diagnostic LiteRT copy).
+
+Opt-in (`-m slow`), like the diagnostic itself: it patches a copy of a third-party library.
+"""
 
 import os
 import platform
@@ -14,7 +17,9 @@ import pytest
 from energynet_tf import cli
 from energynet_tf import export
 from energynet_tf.model import EnergyNet
-from tools import litert_keep_branches as tool
+from benchmarks import litert_keep_branches as tool
+
+pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,7 +80,7 @@ def test_file_offset_rejects_what_it_cannot_patch(content, address, message):
 def test_existing_out_is_a_usage_error_and_writes_nothing(tmp_path):
     (tmp_path / "keep").mkdir()
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.litert_keep_branches", f"--out={tmp_path / 'keep'}"],
+        [sys.executable, "-m", "benchmarks.litert_keep_branches", f"--out={tmp_path / 'keep'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -93,7 +98,7 @@ def test_patched_copy_runs_gated_models_with_identical_outputs(tmp_path):
         pytest.skip(f"this ai_edge_litert build has no symbol {tool.SYMBOL} to patch")
     out = tmp_path / "keep"
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.litert_keep_branches", f"--out={out}"],
+        [sys.executable, "-m", "benchmarks.litert_keep_branches", f"--out={out}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

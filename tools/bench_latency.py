@@ -45,7 +45,7 @@ The "breakdown" line splits the all-open overhead: "gates only" runs every
 block with the gates computed but no `IF`, "branches only" runs every block
 in an `IF` with no gates (`export.convert_overhead_probe_to_tflite`).
 `--keep_models=DIR` keeps the exported models, e.g. to profile them, and
-`tools.litert_keep_branches` makes a runtime copy to run this tool against
+`benchmarks.litert_keep_branches` makes a runtime copy to run this tool against
 (docs/export.md, "Where the all-open overhead goes").
 
 With `--batch_size=B` (default 16; 0 skips), the policy is also timed at batch

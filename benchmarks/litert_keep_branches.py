@@ -1,6 +1,6 @@
 """Diagnostic: a scratch copy of LiteRT whose IF op keeps its branches' memory.
 
-    python -m tools.litert_keep_branches --out=/tmp/litert_keep
+    python -m benchmarks.litert_keep_branches --out=/tmp/litert_keep
     PYTHONPATH=/tmp/litert_keep python -m tools.bench_latency --data_dir=...
 
 LiteRT's `IF` kernel ends every execution with `ReleaseMemory()` on the branch

@@ -1,0 +1,1 @@
+"""Diagnostics and benchmarks run from a checkout (`python -m benchmarks.<name>`); not installed."""
