@@ -54,3 +54,27 @@ def test_run_directories_from_before_added_settings_still_resume(tmp_path):
     common.check_run_dir(config)
     with pytest.raises(common.UsageError, match="decoupled_weight_decay=0.0.*0.0001"):
         common.check_run_dir(dict(config, decoupled_weight_decay=1e-4))
+
+
+def test_main_guard_keeps_the_traceback_of_anything_but_the_projects_errors(capsys):
+    def bug():
+        raise ValueError("a bug, not bad input")
+
+    with pytest.raises(ValueError, match="a bug"):
+        common.main_guard(bug)
+
+    def bad_input():
+        raise common.UsageError("--depth=21 is not supported")
+
+    with pytest.raises(SystemExit) as exit_info:
+        common.main_guard(bad_input)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: --depth=21 is not supported"
+
+
+def test_values_the_library_refuses_at_the_input_boundary_are_usage_errors():
+    config = {"phase1_epochs": 1, "phase2_epochs": 1, "phase3_epochs": 0, "alpha1": 0.1, "alpha2": 0.9,
+              "alpha3": 0.1, "lr1": 0.1, "lr2": 0.01, "lr3": 0.001, "restore_threshold": 0.1,
+              "target_accuracy": None, "warmup_epochs": 0, "gate_warmup_epochs": 0, "phase3_gate_lr_multiplier": -1.0}
+    with pytest.raises(common.UsageError, match="the phase schedule: PhaseSchedule.phase3_gate_lr_multiplier"):
+        common.phase_schedule(config)

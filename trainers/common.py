@@ -297,7 +297,11 @@ def run(config, make_model, make_data, top5=False, check_only=False):
         except ValueError as e:
             raise UsageError(f"--strategy={config.get('strategy')}: {e}") from None
     # Data problems (missing dataset, bad sizes) surface before anything is written.
-    data = make_data(config)
+    try:
+        data = make_data(config)
+    except ValueError as e:
+        # The loaders check the sizes and seed the flags gave them.
+        raise UsageError(f"the data: {e}") from None
     if check_only:
         if config["verbose"]:
             print(f"check_only: the flags, --model_dir and the data are usable ({data.steps_per_epoch} steps per epoch)", flush=True)
@@ -323,23 +327,16 @@ def run(config, make_model, make_data, top5=False, check_only=False):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run_in(config, write_dir, strategy, make_model, data, top5, resume_dir=None):
-    """Builds the model in `strategy`'s scope and trains it, writing into `write_dir`."""
-    import keras
+def phase_schedule(config):
+    """The run's `callbacks.PhaseSchedule` from its resolved configuration.
 
+    Raises:
+        UsageError: for values the schedule refuses (the flags gave them).
+    """
     from energynet_tf import callbacks as callbacks_lib
-    from energynet_tf import distribute
-    from energynet_tf import io_utils
-    from energynet_tf import training
 
-    # One process per run directory: a second trainer on it stops here (io_utils.DirectoryLock).
-    with io_utils.DirectoryLock(write_dir, " ".join(sys.argv)):
-        keras.utils.set_random_seed(config["seed"])
-        with strategy.scope():
-            model = make_model(config)
-            if config["init_from"]:
-                init_from_baseline(model, config["init_from"])
-        schedule = callbacks_lib.PhaseSchedule(
+    try:
+        return callbacks_lib.PhaseSchedule(
             phase1_epochs=config["phase1_epochs"],
             phase2_epochs=config["phase2_epochs"],
             phase3_epochs=config["phase3_epochs"],
@@ -354,6 +351,29 @@ def _run_in(config, write_dir, strategy, make_model, data, top5, resume_dir=None
             restore_z=config.get("restore_z", 0.0),
             phase3_gate_lr_multiplier=config.get("phase3_gate_lr_multiplier"),
         )
+    except ValueError as e:
+        raise UsageError(f"the phase schedule: {e}") from None
+
+
+def _run_in(config, write_dir, strategy, make_model, data, top5, resume_dir=None):
+    """Builds the model in `strategy`'s scope and trains it, writing into `write_dir`."""
+    import keras
+
+    from energynet_tf import distribute
+    from energynet_tf import io_utils
+    from energynet_tf import training
+
+    # One process per run directory: a second trainer on it stops here (io_utils.DirectoryLock).
+    with io_utils.DirectoryLock(write_dir, " ".join(sys.argv)):
+        keras.utils.set_random_seed(config["seed"])
+        with strategy.scope():
+            try:
+                model = make_model(config)
+            except ValueError as e:
+                raise UsageError(f"the model: {e}") from None
+            if config["init_from"]:
+                init_from_baseline(model, config["init_from"])
+        schedule = phase_schedule(config)
         os.makedirs(write_dir, exist_ok=True)
         io_utils.atomic_write_json(os.path.join(write_dir, "config.json"), config)
         if config["verbose"]:
@@ -403,7 +423,12 @@ def _on_sigterm(signum, frame):
 
 
 def main_guard(fn):
-    """Runs `fn()`; known user errors print one line to stderr and exit with status 2.
+    """Runs `fn()`; the project's usage and data errors print one line to stderr and exit with status 2.
+
+    `UsageError` (bad flags, and values the library refused at the trainers'
+    input boundary: data sizes, the model's and the schedule's arguments),
+    `DataNotFoundError` and `DirectoryInUseError` are one line; any other
+    exception keeps its traceback.
 
     Ctrl-C (SIGINT) and SIGTERM print one line saying where training stood,
     which checkpoint is kept and how to resume, and exit with 130 and 143.
@@ -429,14 +454,15 @@ def main_guard(fn):
 
         from energynet_tf import io_utils
 
-        if isinstance(e, (data_common.DataNotFoundError, ValueError, io_utils.DirectoryInUseError)):
+        # The project's own usage and data errors are one line; anything else
+        # (a ValueError from a bug included) keeps its traceback.
+        if isinstance(e, (data_common.DataNotFoundError, io_utils.DirectoryInUseError)):
             cli.fail(e, 2)
         if isinstance(e, training.TrainingError):
             cli.fail(e, 3)
         import tensorflow as tf
 
-        if FLAGS.strategy == "multi_worker" and isinstance(e, (tf.errors.UnavailableError,
-                                                              tf.errors.DeadlineExceededError)):
+        if isinstance(e, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)):
             # A peer died or cannot be reached: this worker cannot go on alone.
             lines = [line.strip() for line in str(e).splitlines() if line.strip()]
             telling = [line for line in lines if any(w in line for w in ("unhealthy", "aborted", "Connection", "/job:"))]
