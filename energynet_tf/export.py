@@ -87,14 +87,6 @@ class ExportError(ValueError):
 # The serving computation.
 
 
-def _energy_constants(model):
-    import tensorflow as tf
-
-    table = model.energy_table
-    block = np.asarray(table.block_energy, np.float32).reshape(-1, 1)
-    return table, tf.constant(block)
-
-
 def _check_images_in_graph(images, image_shape):
     """Run-time shape check that survives graph optimisation.
 
@@ -292,7 +284,9 @@ def serving_function(model, batched=DEFAULT_BATCHED_METHOD, check_shape=True):
 
     if batched not in BATCHED_METHODS + ("single", "mask"):
         raise ValueError(f"Argument `batched` must be one of {BATCHED_METHODS}; received: {batched!r}")
-    table, block_energy = _energy_constants(model)
+    from energynet_tf import metrics as metrics_lib
+
+    table = model.energy_table
     image_shape = tuple(model.image_shape)
     num_gates = model.num_gates
     gate_constants = None
@@ -310,11 +304,7 @@ def serving_function(model, batched=DEFAULT_BATCHED_METHOD, check_shape=True):
             # A baseline: every block runs.
             probabilities = tf.ones((batch, num_gates), tf.float32)
             decisions = tf.ones((batch, num_gates), tf.float32)
-        if num_gates:
-            spent = table.fixed_energy + table.gate_energy + tf.matmul(decisions, block_energy)[:, 0]
-        else:
-            spent = tf.fill((batch,), np.float32(table.fixed_energy + table.gate_energy))
-        energy = spent / table.total_energy
+        energy = metrics_lib.normalised_energy(table, decisions)
         return {
             "logits": tf.identity(logits, name="logits"),
             "decisions": tf.identity(decisions, name="decisions"),

@@ -8,18 +8,22 @@ def _column(values):
     return ops.convert_to_tensor(np.asarray(values, np.float32).reshape(-1, 1))
 
 
-def normalised_energy(table, decisions):
-    """Per-example energy with hard decisions, gates included, over E_total.
+def normalised_energy(table, decisions, include_gates=True):
+    """Per-example energy over E_total: THE energy formula (the model, its metrics and the export use it).
 
     Args:
         table: an `energy.EnergyTable`.
-        decisions: `(batch, num_gates)` 0/1 decisions.
+        decisions: `(batch, num_gates)` block masks: 0/1 decisions, or gate
+            probabilities for the expected energy (differentiable in them).
+        include_gates: charge the gates' own energy E_gates (inference
+            energy); the loss's expected energy leaves it out (a constant).
 
     Returns:
-        A `(batch,)` tensor `(E_fixed + E_gates + sum_b m_b E_b) / E_total`.
+        A `(batch,)` tensor `(E_fixed [+ E_gates] + sum_b m_b E_b) / E_total`.
     """
     decisions = ops.cast(decisions, "float32")
-    spent = table.fixed_energy + table.gate_energy + ops.matmul(decisions, _column(table.block_energy))[:, 0]
+    always = table.fixed_energy + (table.gate_energy if include_gates else 0.0)
+    spent = always + ops.matmul(decisions, _column(table.block_energy))[:, 0]
     return spent / table.total_energy
 
 
@@ -70,7 +74,7 @@ class EnergyMetrics(keras.metrics.Metric):
         energy = normalised_energy(table, decisions)
         decisions_f = ops.cast(decisions, "float32")
         probabilities = ops.cast(probabilities, "float32")
-        expected = (table.fixed_energy + ops.matmul(probabilities, _column(table.block_energy))[:, 0]) / table.total_energy
+        expected = normalised_energy(table, probabilities, include_gates=False)
         values = ops.stack(
             [
                 ops.sum(energy),

@@ -327,10 +327,7 @@ class EnergyNet(keras.Model):
         Returns:
             A `(batch,)` tensor, differentiable in `probabilities`.
         """
-        table = self.energy_table
-        block = ops.convert_to_tensor(np.asarray(table.block_energy, np.float32).reshape(-1, 1))
-        spent = table.fixed_energy + ops.matmul(probabilities, block)[:, 0]
-        return spent / table.total_energy
+        return metrics_lib.normalised_energy(self.energy_table, probabilities, include_gates=False)
 
     def inference_energy(self, decisions):
         """Normalised energy per example with hard decisions and the gates' cost.
