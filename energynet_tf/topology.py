@@ -22,13 +22,13 @@ def _pair(value, name):
     else:
         pair = (value, value)
     for v in pair:
-        if not systolic._is_int(v) or v < 1:
+        if not systolic.is_int(v) or v < 1:
             raise ValueError(f"Argument `{name}` must hold positive ints; received: {value!r}")
     return tuple(int(v) for v in pair)
 
 
 def _positive_int(value, name):
-    if not systolic._is_int(value) or value < 1:
+    if not systolic.is_int(value) or value < 1:
         raise ValueError(f"Argument `{name}` must be a positive int; received: {value!r}")
     return int(value)
 

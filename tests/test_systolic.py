@@ -218,3 +218,18 @@ def test_energy_costs_and_layer_shape_validation():
         systolic.estimate([], config={"dataflow": "os"})
     with pytest.raises(ValueError, match="Argument `costs` must be an EnergyCosts"):
         systolic.estimate([], costs=None)
+
+
+def test_configurations_need_no_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys; from energynet_tf import systolic; "
+            "systolic.AcceleratorConfig(array_rows=8); systolic.LayerShape('c', 8, 8, 3, 3, 3, 4, 1); "
+            "print('tensorflow' in sys.modules)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
+    # The estimator's names still come from the package (TensorFlow loads then).
+    assert systolic.estimate is systolic.estimator.estimate
