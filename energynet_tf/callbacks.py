@@ -1,6 +1,5 @@
 """Keras callbacks: the alpha phase schedule, training guards, checkpoints, progress and TensorBoard extras."""
 
-import dataclasses
 import math
 import os
 import sys
@@ -12,103 +11,7 @@ import tensorflow as tf
 
 from energynet_tf import distribute
 from energynet_tf import metrics as metrics_lib
-
-
-@dataclasses.dataclass(frozen=True)
-class PhaseSchedule:
-    """The three-phase alpha schedule of EnergyNet (docs/design.md §1.4).
-
-    Phase I trains with `alpha1` until `target_accuracy` (the baseline's
-    validation accuracy) is reached or `phase1_epochs` have run. Phase II
-    retrains the phase I model with `alpha2`. Phase III (`alpha3`) runs only
-    if phase II lost more than `restore_threshold` points of phase I's
-    validation accuracy. Each phase has its own cosine-decayed learning rate,
-    starting at `lr1`, `lr2` or `lr3`, after `warmup_epochs` of linear warm-up
-    in phase I. For the first `gate_warmup_epochs` of phase I every block runs
-    in training whatever its gate decides and the gates are frozen (their
-    gradients are multiplied by 0), so blocks learn before gates can close
-    them. Otherwise the gates' gradients are multiplied by
-    `gate_lr_multiplier` (their own learning rate, with SGD). In phase II
-    alpha ramps linearly from `alpha1` to `alpha2` over its first
-    `alpha_ramp_epochs` epochs (0: a step). In phase III the gates' gradients
-    are multiplied by `phase3_gate_lr_multiplier` instead when it is set (0
-    freezes the gates: phase III then retrains the backbone under the skip
-    pattern phase II chose, instead of letting alpha 0.1 reopen blocks).
-
-    The phase III test: phase III runs if the drop from phase I's to phase
-    II's validation accuracy, in points, exceeds `restore_threshold` plus
-    `restore_z` standard errors of the difference of two accuracies measured
-    on the validation set (binomial; with 5,000 images and accuracy near 90%
-    one standard error is about 0.6 points). `restore_z` 0 is the paper's test.
-
-    Raises:
-        ValueError: naming the field, for a negative or non-finite value.
-    """
-
-    phase1_epochs: int = 160
-    phase2_epochs: int = 40
-    phase3_epochs: int = 20
-    alpha1: float = 0.1
-    alpha2: float = 0.9
-    alpha3: float = 0.1
-    lr1: float = 0.1
-    lr2: float = 0.01
-    lr3: float = 0.001
-    restore_threshold: float = 0.1
-    target_accuracy: float = None
-    warmup_epochs: int = 0
-    gate_warmup_epochs: int = 0
-    gate_lr_multiplier: float = 1.0
-    alpha_ramp_epochs: int = 0
-    restore_z: float = 0.0
-    phase3_gate_lr_multiplier: float = None
-
-    def __post_init__(self):
-        for name in ("phase1_epochs", "phase2_epochs", "phase3_epochs", "warmup_epochs", "gate_warmup_epochs",
-                     "alpha_ramp_epochs"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"PhaseSchedule.{name} must be an int >= 0; received: {value!r}")
-        if self.phase1_epochs < 1:
-            raise ValueError(f"PhaseSchedule.phase1_epochs must be >= 1; received: {self.phase1_epochs}")
-        for name in ("alpha1", "alpha2", "alpha3", "lr1", "lr2", "lr3", "restore_threshold",
-                     "gate_lr_multiplier", "restore_z"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"PhaseSchedule.{name} must be a finite number >= 0; received: {value!r}")
-        value = self.phase3_gate_lr_multiplier
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
-                                  or not math.isfinite(value) or value < 0):
-            raise ValueError(
-                f"PhaseSchedule.phase3_gate_lr_multiplier must be a finite number >= 0 or None; received: {value!r}")
-        if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
-            raise ValueError(
-                f"PhaseSchedule.target_accuracy must be in (0, 1] or None; received: {self.target_accuracy!r}"
-            )
-
-    @property
-    def max_epochs(self):
-        """Epochs if every phase runs to its end."""
-        return self.phase1_epochs + self.phase2_epochs + self.phase3_epochs
-
-    def alpha(self, phase, epochs_into_phase=None):
-        """Alpha of `phase`; in phase II, `epochs_into_phase` (float) follows the ramp."""
-        if phase == 2 and self.alpha_ramp_epochs > 0 and epochs_into_phase is not None:
-            fraction = min(max(epochs_into_phase / self.alpha_ramp_epochs, 0.0), 1.0)
-            return self.alpha1 + fraction * (self.alpha2 - self.alpha1)
-        return {1: self.alpha1, 2: self.alpha2, 3: self.alpha3}[phase]
-
-    def gate_multiplier(self, phase):
-        """The factor on the gates' gradients in `phase` (after any gate warm-up)."""
-        if phase == 3 and self.phase3_gate_lr_multiplier is not None:
-            return self.phase3_gate_lr_multiplier
-        return self.gate_lr_multiplier
-
-    def base_lr(self, phase):
-        return {1: self.lr1, 2: self.lr2, 3: self.lr3}[phase]
-
-    def length(self, phase):
-        return {1: self.phase1_epochs, 2: self.phase2_epochs, 3: self.phase3_epochs}[phase]
+from energynet_tf.schedule import PhaseSchedule  # noqa: F401 - the schedule AlphaPhases drives
 
 
 def cosine_lr(base_lr, progress, warmup=0.0):

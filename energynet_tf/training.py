@@ -269,7 +269,7 @@ def train_and_evaluate(
             run sees exactly the batches an uninterrupted run would).
         model_dir: where checkpoints, TensorBoard logs, `metrics.json` and
             `model.keras` go; an existing checkpoint there is resumed.
-        schedule: a `callbacks.PhaseSchedule` (for a baseline, phase I's epochs
+        schedule: a `schedule.PhaseSchedule` (for a baseline, phase I's epochs
             and learning rate are used and alpha is 0).
         batch_size: training batch size (for progress output).
         optimizer: a Keras optimizer (its learning rate is set per step).

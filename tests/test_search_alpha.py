@@ -36,7 +36,7 @@ def test_every_trial_records_accuracy_and_energy(search):
             assert 0 <= float(r[key]) + 0.01 <= 1.01, (key, r[key])
         with open(os.path.join(r["model_dir"], "config.json")) as f:
             config = json.load(f)
-        assert config["alpha2"] == float(r["alpha2"])
+        assert config["schedule"]["alpha2"] == float(r["alpha2"])
         assert config["init_from"].endswith(os.path.join("baseline", "checkpoints", "epoch-0001.keras"))
         metrics = json.load(open(os.path.join(r["model_dir"], "metrics.json")))
         # Trials never look at the test split; only the front's members are evaluated, at the end.

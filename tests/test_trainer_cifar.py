@@ -67,7 +67,12 @@ def test_smoke_run_writes_the_documented_outputs(smoke_run):
     assert metrics["baseline_energy"] > 0
     with open(os.path.join(model_dir, "config.json")) as f:
         config = json.load(f)
-    assert config["depth"] == 8 and config["phase1_epochs"] == 1
+    assert config["depth"] == 8 and config["schedule"]["phase1_epochs"] == 1
+    assert config["accelerator"]["array_rows"] == 32
+    # config.json reads back as the typed configuration it was written from.
+    from trainers.run_config import RunConfig
+
+    assert json.loads(json.dumps(RunConfig.from_dict(config).to_dict())) == config
     assert os.path.exists(os.path.join(model_dir, "model.keras"))
     assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == [
         "epoch-0001.json", "epoch-0001.keras", "epoch-0002.json", "epoch-0002.keras", "latest.json"]

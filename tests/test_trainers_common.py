@@ -38,22 +38,61 @@ def test_init_from_a_model_of_another_shape_is_refused(tmp_path):
 
 
 def test_check_run_dir_names_the_differing_setting(tmp_path):
-    config = {"model_dir": str(tmp_path), "depth": 8, "seed": 0}
-    (tmp_path / "config.json").write_text(json.dumps(dict(config, seed=3)))
+    from energynet_tf.schedule import PhaseSchedule
+    from trainers.run_config import RunConfig
+
+    config = RunConfig(model_dir=str(tmp_path), depth=8, seed=0)
+    (tmp_path / "config.json").write_text(json.dumps(RunConfig(model_dir=str(tmp_path), depth=8, seed=3).to_dict()))
     with pytest.raises(common.UsageError, match=r"seed=3.*seed=0"):
         common.check_run_dir(config)
-    # Where the data lives may change between a run and its resumption.
-    (tmp_path / "config.json").write_text(json.dumps(dict(config, data_dir="/elsewhere")))
-    common.check_run_dir(dict(config, data_dir="/here"))
-
-
-def test_run_directories_from_before_added_settings_still_resume(tmp_path):
-    config = {"model_dir": str(tmp_path), "depth": 8, "phase3_gate_lr_multiplier": None,
-              "decoupled_weight_decay": 0.0}
-    (tmp_path / "config.json").write_text(json.dumps({"model_dir": str(tmp_path), "depth": 8}))
+    # Nested settings are named by their path.
+    other = RunConfig(model_dir=str(tmp_path), depth=8, schedule=PhaseSchedule(alpha2=0.5))
+    (tmp_path / "config.json").write_text(json.dumps(other.to_dict()))
+    with pytest.raises(common.UsageError, match=r"schedule.alpha2=0.5.*schedule.alpha2=0.9"):
+        common.check_run_dir(config)
+    # Where the data lives, and the strategy, may change between a run and its resumption.
+    moved = RunConfig(model_dir=str(tmp_path), depth=8, data_dir="/elsewhere", strategy="mirrored")
+    (tmp_path / "config.json").write_text(json.dumps(moved.to_dict()))
     common.check_run_dir(config)
+
+
+def test_run_directories_of_the_flat_format_still_resume(tmp_path):
+    from trainers.run_config import RunConfig
+
+    # An earlier version's config.json: the schedule's fields at the top level,
+    # fields added since (strategy, decoupled_weight_decay, ...) missing.
+    flat = {"model_dir": str(tmp_path), "depth": 8, "phase1_epochs": 3, "alpha2": 1.5, "lr1": 0.05,
+            "accelerator": {"array_rows": 32, "array_cols": 32, "dataflow": "os", "ifmap_sram_kb": 64,
+                            "filter_sram_kb": 64, "ofmap_sram_kb": 64}}
+    (tmp_path / "config.json").write_text(json.dumps(flat))
+    config = RunConfig.from_dict(dict(flat))
+    assert config.schedule.alpha2 == 1.5 and config.decoupled_weight_decay == 0.0
+    common.check_run_dir(config)
+    import dataclasses
+
     with pytest.raises(common.UsageError, match="decoupled_weight_decay=0.0.*0.0001"):
-        common.check_run_dir(dict(config, decoupled_weight_decay=1e-4))
+        common.check_run_dir(dataclasses.replace(config, decoupled_weight_decay=1e-4))
+
+
+@pytest.mark.parametrize("fields, needle", [
+    ({"batch_size": 0}, "RunConfig.batch_size must be a positive integer; received: 0"),
+    ({"depth": 21}, "RunConfig.depth must be one of"),
+    ({"strategy": "gpu"}, "RunConfig.strategy must be one of"),
+    ({"momentum": 1.0}, r"RunConfig.momentum must be in \[0, 1\)"),
+    ({"pin_checkpoints": (0,)}, "RunConfig.pin_checkpoints must be a tuple of epochs >= 1"),
+])
+def test_run_config_names_the_refused_field(fields, needle, tmp_path):
+    from trainers.run_config import RunConfig
+
+    with pytest.raises(ValueError, match=needle):
+        RunConfig(model_dir=str(tmp_path), **fields)
+
+
+def test_unknown_keys_in_a_config_file_are_refused(tmp_path):
+    from trainers.run_config import RunConfig
+
+    with pytest.raises(ValueError, match="unknown run configuration keys: colour"):
+        RunConfig.from_dict({"model_dir": str(tmp_path), "colour": "red"})
 
 
 def test_main_guard_keeps_the_traceback_of_anything_but_the_projects_errors(capsys):
@@ -70,11 +109,3 @@ def test_main_guard_keeps_the_traceback_of_anything_but_the_projects_errors(caps
         common.main_guard(bad_input)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == "error: --depth=21 is not supported"
-
-
-def test_values_the_library_refuses_at_the_input_boundary_are_usage_errors():
-    config = {"phase1_epochs": 1, "phase2_epochs": 1, "phase3_epochs": 0, "alpha1": 0.1, "alpha2": 0.9,
-              "alpha3": 0.1, "lr1": 0.1, "lr2": 0.01, "lr3": 0.001, "restore_threshold": 0.1,
-              "target_accuracy": None, "warmup_epochs": 0, "gate_warmup_epochs": 0, "phase3_gate_lr_multiplier": -1.0}
-    with pytest.raises(common.UsageError, match="the phase schedule: PhaseSchedule.phase3_gate_lr_multiplier"):
-        common.phase_schedule(config)

@@ -56,7 +56,7 @@ def test_another_configuration_in_the_same_out_is_refused(tiny_trials, fake_cifa
     (["--n=2", "--", "--seed=3"], "--seed is set by tools.trials"),
     (["--n=2", "--", "--model_dir=x"], "--model_dir is set by tools.trials"),
     (["--n=2", "--", "depth=8"], "unexpected argument 'depth=8'"),
-    (["--n=2", "--", "--depth=9"], "trainer flags rejected: --depth=9 is not supported"),
+    (["--n=2", "--", "--depth=9"], "trainer flags rejected: --depth=9: RunConfig.depth must be one of"),
     (["--n=2", "--", "--data_dir=/nonexistent"], "trainer flags rejected: "),
 ])
 def test_bad_flags_get_one_line_and_write_nothing(args, needle, tmp_path):

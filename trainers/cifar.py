@@ -25,12 +25,12 @@ def _make_data(config):
     from energynet_tf.data import cifar
 
     return cifar.load_cifar10(
-        config["data_dir"],
-        batch_size=config["batch_size"],
-        eval_batch_size=config["eval_batch_size"],
-        seed=config["seed"],
-        validation_examples=config["validation_examples"],
-        max_train_examples=config["max_train_examples"],
+        config.data_dir,
+        batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size,
+        seed=config.seed,
+        validation_examples=config.validation_examples,
+        max_train_examples=config.max_train_examples,
     )
 
 

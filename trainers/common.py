@@ -13,11 +13,6 @@ from absl import logging  # noqa: E402
 
 FLAGS = flags.FLAGS
 
-# Keys of config.json that may change between a run and its resumption.
-_RESUMABLE_KEYS = ("model_dir", "data_dir", "verbose", "keep_checkpoints", "pin_checkpoints", "evaluate_test",
-                   "checkpoint_every_steps", "strategy")
-# Keys added after runs were made: a config.json without them had these values.
-_ADDED_KEYS = {"phase3_gate_lr_multiplier": None, "decoupled_weight_decay": 0.0}
 
 
 from energynet_tf import cli  # noqa: E402
@@ -78,114 +73,58 @@ def define_flags(default_depth, default_batch_size=128):
 
 
 def check_flags(extra_config):
-    """Validates flag values; returns the resolved run configuration.
+    """Fills the run configuration in from the flags; returns a `run_config.RunConfig`.
+
+    Every value is validated by the configuration (`RunConfig`,
+    `PhaseSchedule`, `AcceleratorConfig`), in one place; this maps the flags
+    onto it and names the flag of a refused value.
+
+    Args:
+        extra_config: the trainer's own `RunConfig` fields (dataset, validation split).
 
     Raises:
         UsageError: naming the flag, the value and what is allowed.
     """
-    from energynet_tf import backbone
+    import dataclasses
+    import re
+
+    from energynet_tf.schedule import PhaseSchedule
+    from energynet_tf.systolic.config import AcceleratorConfig
+    from trainers.run_config import RunConfig
 
     if not FLAGS.model_dir:
         raise UsageError("--model_dir is required: the run directory (e.g. --model_dir=runs/energynet38)")
-    if FLAGS.depth not in backbone.SUPPORTED_DEPTHS:
-        raise UsageError(f"--depth={FLAGS.depth} is not supported; allowed: {', '.join(map(str, backbone.SUPPORTED_DEPTHS))}")
-    positive = ["batch_size", "eval_batch_size", "gate_units", "array_rows", "array_cols", "keep_checkpoints"]
-    for name in positive:
-        value = getattr(FLAGS, name)
-        if value < 1:
-            raise UsageError(f"--{name}={value} must be a positive integer")
-    for name in ("ifmap_sram_kb", "filter_sram_kb", "ofmap_sram_kb"):
-        value = getattr(FLAGS, name)
-        if not value > 0:
-            raise UsageError(f"--{name}={value} must be > 0")
-    for name in ("epochs", "max_train_examples"):
-        value = getattr(FLAGS, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name}={value} must be a positive integer (or left unset)")
-    if FLAGS.phase1_epochs < 1:
-        raise UsageError(f"--phase1_epochs={FLAGS.phase1_epochs} must be >= 1")
-    for name in ("phase2_epochs", "phase3_epochs", "warmup_epochs", "gate_warmup_epochs", "seed", "alpha_ramp_epochs",
-                 "checkpoint_every_steps"):
-        value = getattr(FLAGS, name)
-        if value < 0:
-            raise UsageError(f"--{name}={value} must be >= 0")
-    for name in ("alpha1", "alpha2", "alpha3", "lr1", "lr2", "lr3", "restore_threshold", "weight_decay", "momentum",
-                 "gate_lr_multiplier", "restore_z", "gate_noise", "decoupled_weight_decay"):
-        value = getattr(FLAGS, name)
-        if not (value >= 0 and value < float("inf")):
-            raise UsageError(f"--{name}={value} must be a finite number >= 0")
-    if FLAGS.phase3_gate_lr_multiplier is not None and not 0 <= FLAGS.phase3_gate_lr_multiplier < float("inf"):
-        raise UsageError(f"--phase3_gate_lr_multiplier={FLAGS.phase3_gate_lr_multiplier} must be a finite number >= 0 (or left unset)")
-    if FLAGS.momentum >= 1:
-        raise UsageError(f"--momentum={FLAGS.momentum} must be in [0, 1)")
-    if FLAGS.target_accuracy is not None and not 0 < FLAGS.target_accuracy <= 1:
-        raise UsageError(f"--target_accuracy={FLAGS.target_accuracy} must be in (0, 1] (a fraction, not a percentage)")
-    if FLAGS.init_from is not None and not os.path.exists(_model_file(FLAGS.init_from)):
-        raise UsageError(f"--init_from={FLAGS.init_from}: no such model file ({_model_file(FLAGS.init_from)})")
-
+    if FLAGS.epochs is not None and FLAGS.epochs < 1:
+        raise UsageError(f"--epochs={FLAGS.epochs} must be a positive integer (or left unset)")
     try:
-        pinned = sorted({int(e) for e in FLAGS.pin_checkpoints})
+        pinned = tuple(sorted({int(e) for e in FLAGS.pin_checkpoints}))
     except ValueError:
         raise UsageError(f"--pin_checkpoints={','.join(FLAGS.pin_checkpoints)} must be a comma-separated list of epochs") from None
-    if any(e < 1 for e in pinned):
-        raise UsageError(f"--pin_checkpoints={','.join(FLAGS.pin_checkpoints)}: epochs start at 1")
     phase_epochs = [FLAGS.phase1_epochs, FLAGS.phase2_epochs, FLAGS.phase3_epochs]
     if FLAGS.epochs is not None:
         phase_epochs = [FLAGS.epochs] * 3
     if FLAGS.baseline:
         phase_epochs = [phase_epochs[0], 0, 0]
-    config = {
-        "model_dir": FLAGS.model_dir,
-        "data_dir": FLAGS.data_dir,
-        "depth": FLAGS.depth,
-        "baseline": FLAGS.baseline,
-        "phase1_epochs": phase_epochs[0],
-        "phase2_epochs": phase_epochs[1],
-        "phase3_epochs": phase_epochs[2],
-        "alpha1": FLAGS.alpha1,
-        "alpha2": FLAGS.alpha2,
-        "alpha3": FLAGS.alpha3,
-        "lr1": FLAGS.lr1,
-        "lr2": FLAGS.lr2,
-        "lr3": FLAGS.lr3,
-        "warmup_epochs": FLAGS.warmup_epochs,
-        "gate_warmup_epochs": FLAGS.gate_warmup_epochs,
-        "restore_threshold": FLAGS.restore_threshold,
-        "target_accuracy": FLAGS.target_accuracy,
-        "batch_size": FLAGS.batch_size,
-        "eval_batch_size": FLAGS.eval_batch_size,
-        "seed": FLAGS.seed,
-        "max_train_examples": FLAGS.max_train_examples,
-        "weight_decay": FLAGS.weight_decay,
-        "zero_init_residual": FLAGS.zero_init_residual,
-        "gate_lr_multiplier": FLAGS.gate_lr_multiplier,
-        "phase3_gate_lr_multiplier": FLAGS.phase3_gate_lr_multiplier,
-        "decoupled_weight_decay": FLAGS.decoupled_weight_decay,
-        "gate_noise": FLAGS.gate_noise,
-        "energy_term": FLAGS.energy_term,
-        "alpha_ramp_epochs": FLAGS.alpha_ramp_epochs,
-        "restore_z": FLAGS.restore_z,
-        "momentum": FLAGS.momentum,
-        "gate_units": FLAGS.gate_units,
-        "gate_bias_init": FLAGS.gate_bias_init,
-        "init_from": FLAGS.init_from,
-        "accelerator": {
-            "array_rows": FLAGS.array_rows,
-            "array_cols": FLAGS.array_cols,
-            "dataflow": FLAGS.dataflow,
-            "ifmap_sram_kb": FLAGS.ifmap_sram_kb,
-            "filter_sram_kb": FLAGS.filter_sram_kb,
-            "ofmap_sram_kb": FLAGS.ofmap_sram_kb,
-        },
-        "keep_checkpoints": FLAGS.keep_checkpoints,
-        "checkpoint_every_steps": FLAGS.checkpoint_every_steps,
-        "pin_checkpoints": pinned,
-        "deterministic": FLAGS.deterministic,
-        "verbose": FLAGS.verbose,
-        "evaluate_test": FLAGS.evaluate_test,
-        "strategy": FLAGS.strategy,
-    }
-    config.update(extra_config)
+    schedule_fields = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(PhaseSchedule)}
+    schedule_fields.update(phase1_epochs=phase_epochs[0], phase2_epochs=phase_epochs[1],
+                           phase3_epochs=phase_epochs[2])
+    accelerator_fields = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(AcceleratorConfig)}
+    top = {f.name: FLAGS[f.name].value for f in dataclasses.fields(RunConfig)
+           if f.name in FLAGS and f.name not in ("schedule", "accelerator", "pin_checkpoints")
+           and f.name not in extra_config}
+    try:
+        config = RunConfig(schedule=PhaseSchedule(**schedule_fields),
+                           accelerator=AcceleratorConfig(**accelerator_fields),
+                           pin_checkpoints=pinned, **top, **extra_config)
+    except ValueError as e:
+        # "RunConfig.batch_size ...", "PhaseSchedule.alpha2 ...": each field is its flag's name.
+        match = re.search(r"\b(?:RunConfig|PhaseSchedule|AcceleratorConfig)\.(\w+)", str(e))
+        if match and match.group(1) in FLAGS:
+            name = match.group(1)
+            raise UsageError(f"--{name}={FLAGS[name].value}: {e}") from None
+        raise UsageError(str(e)) from None
+    if config.init_from is not None and not os.path.exists(_model_file(config.init_from)):
+        raise UsageError(f"--init_from={config.init_from}: no such model file ({_model_file(config.init_from)})")
     return config
 
 
@@ -199,26 +138,26 @@ def check_run_dir(config):
     Raises:
         UsageError: naming the first differing setting.
     """
-    path = os.path.join(config["model_dir"], "config.json")
-    if os.path.isdir(config["model_dir"]) and not os.path.exists(path):
-        if os.path.exists(os.path.join(config["model_dir"], "checkpoints")):
-            raise UsageError(f"--model_dir={config['model_dir']} has checkpoints but no config.json; use a new directory")
+    from trainers.run_config import RunConfig
+
+    path = os.path.join(config.model_dir, "config.json")
+    if os.path.isdir(config.model_dir) and not os.path.exists(path):
+        if os.path.exists(os.path.join(config.model_dir, "checkpoints")):
+            raise UsageError(f"--model_dir={config.model_dir} has checkpoints but no config.json; use a new directory")
     if not os.path.exists(path):
         return
     try:
         with open(path) as f:
-            previous = json.load(f)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"--model_dir={config['model_dir']}: cannot read {path} ({e}); use a new directory") from None
-    for key in sorted(set(previous) | set(config)):
-        if key in _RESUMABLE_KEYS:
-            continue
-        before = previous.get(key, _ADDED_KEYS.get(key))
-        if before != config.get(key):
-            raise UsageError(
-                f"--model_dir={config['model_dir']} holds a run with {key}={before!r}, "
-                f"but this run has {key}={config.get(key)!r}; use the same flags to resume or a new --model_dir"
-            )
+            previous = RunConfig.from_dict(json.load(f))
+    except (OSError, ValueError, TypeError) as e:
+        raise UsageError(f"--model_dir={config.model_dir}: cannot read {path} ({e}); use a new directory") from None
+    differences = previous.differences(config)
+    if differences:
+        key, before, now = differences[0]
+        raise UsageError(
+            f"--model_dir={config.model_dir} holds a run with {key}={before!r}, "
+            f"but this run has {key}={now!r}; use the same flags to resume or a new --model_dir"
+        )
 
 
 def build_model(config, num_classes, image_shape):
@@ -226,19 +165,19 @@ def build_model(config, num_classes, image_shape):
     from energynet_tf.model import EnergyNet
 
     return EnergyNet(
-        depth=config["depth"],
+        depth=config.depth,
         num_classes=num_classes,
         image_shape=image_shape,
-        baseline=config["baseline"],
-        gate_units=config["gate_units"],
-        gate_bias_init=config["gate_bias_init"],
-        alpha=config["alpha1"],
-        accelerator=config["accelerator"],
-        weight_decay=config.get("weight_decay", 0.0),
-        zero_init_residual=config.get("zero_init_residual", False),
+        baseline=config.baseline,
+        gate_units=config.gate_units,
+        gate_bias_init=config.gate_bias_init,
+        alpha=config.schedule.alpha1,
+        accelerator=config.accelerator,
+        weight_decay=config.weight_decay,
+        zero_init_residual=config.zero_init_residual,
         # gate_lr_multiplier is not set here: the phase schedule assigns it each epoch.
-        gate_noise=config.get("gate_noise", 0.0),
-        energy_term=config.get("energy_term", "expected"),
+        gate_noise=config.gate_noise,
+        energy_term=config.energy_term,
     )
 
 
@@ -276,12 +215,12 @@ def run(config, make_model, make_data, top5=False, check_only=False):
     from energynet_tf import distribute
 
     check_run_dir(config)
-    if config.get("strategy") == "multi_worker":
+    if config.strategy == "multi_worker":
         try:
             distribute.check_tf_config(os.environ.get("TF_CONFIG"))
         except ValueError as e:
             raise UsageError(f"--strategy=multi_worker: {e}") from None
-    if config["deterministic"]:
+    if config.deterministic:
         # Op determinism alone is not enough on CPU: oneDNN kernels running
         # concurrently on the inter-op pool change float summation order
         # between runs (seen here: 1e-5 relative after one epoch, then
@@ -293,9 +232,9 @@ def run(config, make_model, make_data, top5=False, check_only=False):
     if not check_only:
         # MultiWorkerMirroredStrategy configures collective ops: before any other TensorFlow op.
         try:
-            strategy = distribute.make_strategy(config.get("strategy", "default"))
+            strategy = distribute.make_strategy(config.strategy)
         except ValueError as e:
-            raise UsageError(f"--strategy={config.get('strategy')}: {e}") from None
+            raise UsageError(f"--strategy={config.strategy}: {e}") from None
     # Data problems (missing dataset, bad sizes) surface before anything is written.
     try:
         data = make_data(config)
@@ -303,14 +242,14 @@ def run(config, make_model, make_data, top5=False, check_only=False):
         # The loaders check the sizes and seed the flags gave them.
         raise UsageError(f"the data: {e}") from None
     if check_only:
-        if config["verbose"]:
+        if config.verbose:
             print(f"check_only: the flags, --model_dir and the data are usable ({data.steps_per_epoch} steps per epoch)", flush=True)
         return None
-    if config["batch_size"] % strategy.num_replicas_in_sync:
-        raise UsageError(f"--batch_size={config['batch_size']} is the global batch: it must be a multiple of the "
+    if config.batch_size % strategy.num_replicas_in_sync:
+        raise UsageError(f"--batch_size={config.batch_size} is the global batch: it must be a multiple of the "
                          f"{strategy.num_replicas_in_sync} replicas")
     if distribute.is_chief(strategy):
-        return _run_in(config, config["model_dir"], strategy, make_model, data, top5)
+        return _run_in(config, config.model_dir, strategy, make_model, data, top5)
     # A non-chief worker computes what the chief computes (collective ops need
     # every worker) but writes into a scratch directory, deleted at the end;
     # it resumes from the chief's checkpoints.
@@ -318,41 +257,13 @@ def run(config, make_model, make_data, top5=False, check_only=False):
     import tempfile
 
     scratch = tempfile.mkdtemp(prefix="energynet-worker-")
-    if config["verbose"]:
+    if config.verbose:
         print(f"worker {strategy.cluster_resolver.task_type} {strategy.cluster_resolver.task_id}: the chief "
-              f"writes {config['model_dir']}; this worker resumes from it and writes nothing there", flush=True)
+              f"writes {config.model_dir}; this worker resumes from it and writes nothing there", flush=True)
     try:
-        return _run_in(config, scratch, strategy, make_model, data, top5, resume_dir=config["model_dir"])
+        return _run_in(config, scratch, strategy, make_model, data, top5, resume_dir=config.model_dir)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def phase_schedule(config):
-    """The run's `callbacks.PhaseSchedule` from its resolved configuration.
-
-    Raises:
-        UsageError: for values the schedule refuses (the flags gave them).
-    """
-    from energynet_tf import callbacks as callbacks_lib
-
-    try:
-        return callbacks_lib.PhaseSchedule(
-            phase1_epochs=config["phase1_epochs"],
-            phase2_epochs=config["phase2_epochs"],
-            phase3_epochs=config["phase3_epochs"],
-            alpha1=config["alpha1"], alpha2=config["alpha2"], alpha3=config["alpha3"],
-            lr1=config["lr1"], lr2=config["lr2"], lr3=config["lr3"],
-            restore_threshold=config["restore_threshold"],
-            target_accuracy=config["target_accuracy"],
-            warmup_epochs=config["warmup_epochs"],
-            gate_warmup_epochs=config["gate_warmup_epochs"],
-            gate_lr_multiplier=config.get("gate_lr_multiplier", 1.0),
-            alpha_ramp_epochs=config.get("alpha_ramp_epochs", 0),
-            restore_z=config.get("restore_z", 0.0),
-            phase3_gate_lr_multiplier=config.get("phase3_gate_lr_multiplier"),
-        )
-    except ValueError as e:
-        raise UsageError(f"the phase schedule: {e}") from None
 
 
 def _run_in(config, write_dir, strategy, make_model, data, top5, resume_dir=None):
@@ -365,41 +276,40 @@ def _run_in(config, write_dir, strategy, make_model, data, top5, resume_dir=None
 
     # One process per run directory: a second trainer on it stops here (io_utils.DirectoryLock).
     with io_utils.DirectoryLock(write_dir, " ".join(sys.argv)):
-        keras.utils.set_random_seed(config["seed"])
+        keras.utils.set_random_seed(config.seed)
         with strategy.scope():
             try:
                 model = make_model(config)
             except ValueError as e:
                 raise UsageError(f"the model: {e}") from None
-            if config["init_from"]:
-                init_from_baseline(model, config["init_from"])
-        schedule = phase_schedule(config)
+            if config.init_from:
+                init_from_baseline(model, config.init_from)
         os.makedirs(write_dir, exist_ok=True)
-        io_utils.atomic_write_json(os.path.join(write_dir, "config.json"), config)
-        if config["verbose"]:
+        io_utils.atomic_write_json(os.path.join(write_dir, "config.json"), config.to_dict())
+        if config.verbose:
             table = model.energy_table
             print(
-                f"EnergyNet depth {config['depth']}{' baseline' if config['baseline'] else ''}: "
-                f"{model.count_params():,} parameters, {0 if config['baseline'] else model.num_gates} gates; E_total {table.total_energy:.4g}, "
+                f"EnergyNet depth {config.depth}{' baseline' if config.baseline else ''}: "
+                f"{model.count_params():,} parameters, {0 if config.baseline else model.num_gates} gates; E_total {table.total_energy:.4g}, "
                 f"E_fixed {table.fixed_energy / table.total_energy:.1%}, E_gates {table.gate_energy / table.total_energy:.3%} of E_total",
                 flush=True,
             )
         with strategy.scope():
-            optimizer = training.make_optimizer(momentum=config["momentum"],
-                                                weight_decay=config.get("decoupled_weight_decay") or None)
+            optimizer = training.make_optimizer(momentum=config.momentum,
+                                                weight_decay=config.decoupled_weight_decay or None)
         metrics = training.train_and_evaluate(
             model,
             data,
             write_dir,
-            schedule,
-            config["batch_size"],
+            config.schedule,
+            config.batch_size,
             optimizer,
             top5=top5,
-            verbose=config["verbose"],
-            keep_checkpoints=config.get("keep_checkpoints", 2),
-            pinned_epochs=config.get("pin_checkpoints", ()),
-            evaluate_test=config.get("evaluate_test", True),
-            checkpoint_every_steps=config.get("checkpoint_every_steps", 0),
+            verbose=config.verbose,
+            keep_checkpoints=config.keep_checkpoints,
+            pinned_epochs=config.pin_checkpoints,
+            evaluate_test=config.evaluate_test,
+            checkpoint_every_steps=config.checkpoint_every_steps,
             strategy=strategy,
             resume_dir=resume_dir,
         )

@@ -26,26 +26,26 @@ FLAGS = flags.FLAGS
 
 
 def _make_model(config):
-    size = config["image_size"]
+    size = config.image_size
     return common.build_model(config, num_classes=200, image_shape=(size, size, 3))
 
 
 def _make_data(config):
     from energynet_tf.data import tiny_imagenet
 
-    if not config["data_dir"]:
+    if not config.data_dir:
         raise common.UsageError(
             "--data_dir is required: the Tiny ImageNet archive or its directory, "
             "e.g. --data_dir=../shared/data/tiny-imagenet-200-subset.zip")
     return tiny_imagenet.load_tiny_imagenet(
-        config["data_dir"],
-        batch_size=config["batch_size"],
-        eval_batch_size=config["eval_batch_size"],
-        image_size=config["image_size"],
-        seed=config["seed"],
-        max_train_examples=config["max_train_examples"],
-        max_eval_examples=config["max_eval_examples"],
-        validation_examples=None if config["validation_examples"] == "auto" else config["validation_examples"],
+        config.data_dir,
+        batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size,
+        image_size=config.image_size,
+        seed=config.seed,
+        max_train_examples=config.max_train_examples,
+        max_eval_examples=config.max_eval_examples,
+        validation_examples=None if config.validation_examples == "auto" else config.validation_examples,
     )
 
 
