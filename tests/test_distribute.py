@@ -269,3 +269,18 @@ def test_a_killed_workers_rerun_resumes_the_job_from_the_chiefs_checkpoint(fake_
     for resumed, uninterrupted in zip(metrics["history"], reference["history"]):
         for key in ("loss", "accuracy", "energy_savings", "val_accuracy"):
             assert resumed[key] == pytest.approx(uninterrupted[key], rel=1e-5), key
+
+
+def test_mirrored_strategy_trains_like_the_default_one(fake_cifar_dir, tmp_path):
+    # On a CPU-only machine MirroredStrategy has one replica: the same run, through the strategy's scope.
+    args = [f"--data_dir={fake_cifar_dir}", *TINY_TRAINER]
+    default = _trainer(*args, f"--model_dir={tmp_path / 'default'}")
+    mirrored = _trainer(*args, f"--model_dir={tmp_path / 'mirrored'}", "--strategy=mirrored")
+    assert default.returncode == 0 and mirrored.returncode == 0, mirrored.stderr[-3000:]
+    a = json.load(open(tmp_path / "default" / "metrics.json"))
+    b = json.load(open(tmp_path / "mirrored" / "metrics.json"))
+    for key in ("test_accuracy", "energy_savings", "test_loss"):
+        assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+    # A run may resume under another strategy: the finished mirrored run reruns as a no-op under default.
+    again = _trainer(*args, f"--model_dir={tmp_path / 'mirrored'}")
+    assert again.returncode == 0, again.stderr[-3000:]
