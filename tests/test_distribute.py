@@ -106,6 +106,13 @@ def test_unknown_strategy_is_refused():
         distribute.make_strategy("gpu")
 
 
+def test_tpu_strategy_without_a_tpu_is_one_clear_error():
+    from energynet_tf import distribute
+
+    with pytest.raises(ValueError, match="strategy 'tpu': TensorFlow finds no TPU here"):
+        distribute.make_strategy("tpu")
+
+
 def test_trainer_with_multi_worker_and_no_tf_config_gets_one_line(fake_cifar_dir, tmp_path):
     env = tool_env()
     env.pop("TF_CONFIG", None)
