@@ -13,6 +13,9 @@ import pytest
 import tensorflow as tf
 
 from energynet_tf import export
+from energynet_tf.export import gate_programs
+from energynet_tf.export import quantize
+from tools import export_probes
 from energynet_tf.model import EnergyNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,9 +45,9 @@ def _model(policy, images, depth=8, seed=0):
         model.gate.output_dense.bias.assign([-50.0])
     elif policy == "learned":
         # Input-dependent decisions: half of the images open each gate.
-        export.set_input_dependent_gates(model, images, open_fraction=0.5)
+        gate_programs.set_input_dependent_gates(model, images, open_fraction=0.5)
     elif policy == "pattern":
-        export.force_gate_decisions(model, [i % 2 == 0 for i in range(model.num_gates)])
+        gate_programs.force_gate_decisions(model, [i % 2 == 0 for i in range(model.num_gates)])
     return model
 
 
@@ -169,7 +172,7 @@ def test_subnetwork_of_an_images_decisions_gives_its_logits(tmp_path):
     model = _model("learned", images, depth=14)
     want = _keras(model, images)
     for i in range(len(images)):
-        content = export.convert_subnetwork_to_tflite(model, want["decisions"][i])
+        content = export_probes.convert_subnetwork_to_tflite(model, want["decisions"][i])
         main = export.tflite_op_counts(content)
         assert len(main) == 1 and "IF" not in main[0][1]
         assert main[0][1]["CONV_2D"] == _fixed_convs(model) + sum(
@@ -179,7 +182,7 @@ def test_subnetwork_of_an_images_decisions_gives_its_logits(tmp_path):
         got = runner(images=images[i:i + 1])["logits"]
         np.testing.assert_allclose(got, want["logits"][i:i + 1], atol=ATOL)
     with pytest.raises(ValueError, match="`open_blocks` must have 5 entries"):
-        export.convert_subnetwork_to_tflite(model, [1, 0])
+        export_probes.convert_subnetwork_to_tflite(model, [1, 0])
 
 
 def test_overhead_probes_give_the_all_open_logits_with_gates_or_branches_only():
@@ -190,8 +193,8 @@ def test_overhead_probes_give_the_all_open_logits_with_gates_or_branches_only():
     want = _keras(model, images)
     assert want["decisions"].all()
     gate_ops = {"LOGISTIC", "TANH", "SPLIT"}
-    for probe in export.OVERHEAD_PROBES:
-        content = export.convert_overhead_probe_to_tflite(model, probe)
+    for probe in export_probes.OVERHEAD_PROBES:
+        content = export_probes.convert_overhead_probe_to_tflite(model, probe)
         main = export.tflite_op_counts(content)[0][1]
         if probe == "gates":
             assert "IF" not in main and gate_ops <= set(main)
@@ -208,9 +211,9 @@ def test_overhead_probes_give_the_all_open_logits_with_gates_or_branches_only():
                     tf.sigmoid(out["gate_logits"]).numpy(), want["probabilities"][i:i + 1], atol=1e-5
                 )
     with pytest.raises(ValueError, match="`probe` must be one of"):
-        export.convert_overhead_probe_to_tflite(model, "both")
+        export_probes.convert_overhead_probe_to_tflite(model, "both")
     with pytest.raises(ValueError, match="must be a gated EnergyNet"):
-        export.convert_overhead_probe_to_tflite(_model("baseline", images), "gates")
+        export_probes.convert_overhead_probe_to_tflite(_model("baseline", images), "gates")
 
 
 # -- the skipping is real ------------------------------------------------------
@@ -337,7 +340,7 @@ def test_int8_quantises_every_branch_and_keeps_energy_exact(tmp_path):
     assert info["batch_size"] == 1 and info["calibration_examples"] == 16
     from tensorflow.lite.python import schema_py_generated as schema
 
-    flat = export._read_flatbuffer(content)  # pylint: disable=protected-access
+    flat = quantize._read_flatbuffer(content)  # pylint: disable=protected-access
     conv = [
         i for i, code in enumerate(flat.operatorCodes)
         if max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.CONV_2D

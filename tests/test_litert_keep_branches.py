@@ -16,6 +16,7 @@ import pytest
 
 from energynet_tf import cli
 from energynet_tf import export
+from energynet_tf.export import gate_programs
 from energynet_tf.model import EnergyNet
 from benchmarks import litert_keep_branches as tool
 
@@ -117,7 +118,7 @@ def test_patched_copy_runs_gated_models_with_identical_outputs(tmp_path):
     keras.utils.set_random_seed(0)
     model = EnergyNet(depth=8)
     images = np.random.RandomState(0).uniform(-1, 1, (12, 32, 32, 3)).astype(np.float32)
-    decisions = export.set_input_dependent_gates(model, images, open_fraction=0.5)
+    decisions = gate_programs.set_input_dependent_gates(model, images, open_fraction=0.5)
     assert 0 < decisions.mean() < 1  # both branches of the IFs run
     (tmp_path / "model.tflite").write_bytes(export.convert_to_tflite(model, "single"))
     np.save(tmp_path / "images.npy", images)

@@ -11,7 +11,7 @@ images at batch size 1, in TFLite (`ai_edge_litert`, 1 thread) and in the
 TensorFlow runtime (the SavedModel's serving signature, 1 intra-op and 1
 inter-op thread). The policy is the trained model's with `--model_dir`;
 without it, a synthetic input-dependent policy on a randomly initialised
-network (`export.set_input_dependent_gates`: each gate opens for about
+network (`gate_programs.set_input_dependent_gates`: each gate opens for about
 `--open_fraction` of the images); latency does not depend on the weights
 otherwise. A "masked" row runs the same policy the way training does (every
 block runs and is multiplied by its decision), which is where gated ResNets'
@@ -43,7 +43,7 @@ shows how far latency follows MACs on this machine.
 
 The "breakdown" line splits the all-open overhead: "gates only" runs every
 block with the gates computed but no `IF`, "branches only" runs every block
-in an `IF` with no gates (`export.convert_overhead_probe_to_tflite`).
+in an `IF` with no gates (`export_probes.convert_overhead_probe_to_tflite`).
 `--keep_models=DIR` keeps the exported models, e.g. to profile them, and
 `benchmarks.litert_keep_branches` makes a runtime copy to run this tool against
 (docs/export.md, "Where the all-open overhead goes").
@@ -362,6 +362,8 @@ def run():
     import keras
 
     from energynet_tf import export
+    from energynet_tf.export import gate_programs
+    from tools import export_probes
     from energynet_tf.model import EnergyNet
 
     started = time.time()
@@ -375,7 +377,7 @@ def run():
         policy = f"learned (trained run {FLAGS.model_dir})"
     else:
         model = EnergyNet(depth=FLAGS.depth)
-        decisions = export.set_input_dependent_gates(model, images[-calibration:], open_fraction=FLAGS.open_fraction)
+        decisions = gate_programs.set_input_dependent_gates(model, images[-calibration:], open_fraction=FLAGS.open_fraction)
         policy = f"synthetic input-dependent (random depth-{FLAGS.depth} network, each gate open for {decisions.mean():.0%} of its calibration images)"
     baseline = EnergyNet(depth=model.depth, num_classes=model.num_classes, image_shape=model.image_shape, baseline=True)
     table = model.energy_table
@@ -404,17 +406,17 @@ def run():
         for k, (pattern, _) in enumerate(counts.most_common(FLAGS.oracle_patterns)):
             path = os.path.join(workdir, f"oracle_{k}.tflite")
             with open(path, "wb") as f:
-                f.write(export.convert_subnetwork_to_tflite(model, pattern))
+                f.write(export_probes.convert_subnetwork_to_tflite(model, pattern))
             oracle_patterns[pattern] = path
     gates = model.num_gates
     for name, pattern in (("all_open", [1] * gates), ("half_closed", [i % 2 == 0 for i in range(gates)]), ("all_closed", [0] * gates)):
-        export.force_gate_decisions(model, pattern)  # the trained policy is exported already
+        gate_programs.force_gate_decisions(model, pattern)  # the trained policy is exported already
         exports[name] = _convert(model, name, workdir)
     probes = {}  # name: .tflite path
-    for probe in export.OVERHEAD_PROBES if FLAGS.breakdown else ():  # every block runs in both, whatever the gates' weights
+    for probe in export_probes.OVERHEAD_PROBES if FLAGS.breakdown else ():  # every block runs in both, whatever the gates' weights
         probes[f"{probe}_only"] = os.path.join(workdir, f"{probe}_only.tflite")
         with open(probes[f"{probe}_only"], "wb") as f:
-            f.write(export.convert_overhead_probe_to_tflite(model, probe))
+            f.write(export_probes.convert_overhead_probe_to_tflite(model, probe))
     print(f"converted in {time.time() - started:.0f}s; timing {FLAGS.examples} images x {FLAGS.rounds} rounds ...", flush=True)
 
     order = ["baseline", "all_open", "half_closed", "all_closed", "learned", "learned_other", "masked"]

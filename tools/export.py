@@ -101,7 +101,7 @@ def _load_model(model_file):
     except Exception as e:  # a corrupt or foreign file
         raise UsageError(f"cannot load {model_file}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     try:
-        export_lib._check_model(model)  # pylint: disable=protected-access
+        export_lib.check_model(model)
     except export_lib.ExportError as e:
         raise UsageError(f"{model_file}: {e}") from None
     return model
