@@ -89,8 +89,13 @@ def run_trainer(name, model_dir, trainer_flags, log, trainer="cifar", echo=True)
     print(f"[{name}] {' '.join(command[1:])}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
     with open(log, "a") as log_file:
+        # The trainer has its own session: a Ctrl-C in the terminal reaches
+        # this tool only, which then sends the trainer exactly one SIGTERM. (In
+        # the tool's process group the trainer got the Ctrl-C and then this
+        # SIGTERM: a second signal, which stops at once, before the current
+        # step is saved.)
         process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
+                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
             for line in process.stdout:
                 log_file.write(line)
@@ -99,10 +104,19 @@ def run_trainer(name, model_dir, trainer_flags, log, trainer="cifar", echo=True)
                     print(f"  {name}: {line}", end="", flush=True)
             status = process.wait()
         except BaseException:
-            # Interrupted (Ctrl-C, SIGTERM): stop the trainer too; its last
-            # epoch checkpoint is kept and a rerun resumes from it.
-            process.terminate()
-            process.wait()
+            # Interrupted (Ctrl-C, SIGTERM): the trainer saves its current step
+            # and exits (its one line goes to the log); a rerun resumes there.
+            # A second interrupt meanwhile kills it (its newest checkpoint on
+            # disk is whole: every write is atomic).
+            try:
+                process.terminate()
+                for line in process.stdout:
+                    log_file.write(line)
+                process.wait()
+            except BaseException:
+                process.kill()
+                process.wait()
+                raise
             raise
     if status != 0:
         raise UsageError(f"the {name} run failed (exit status {status}); its output is in {log}")

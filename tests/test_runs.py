@@ -1,0 +1,61 @@
+"""Tests of tools/runs.py: running a trainer from a tool, and stopping it the way a terminal does."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from conftest import REPO, tool_env
+
+# Stands in for a trainer: records every signal it gets, and on SIGTERM
+# "saves" and exits, as the trainers do (a second signal would stop them at once).
+FAKE_TRAINER = textwrap.dedent("""
+    import signal, sys, time
+    record = sys.argv[1]
+    def handle(signum, frame):
+        with open(record, "a") as f:
+            f.write(signal.Signals(signum).name + "\\n")
+        if signum == signal.SIGTERM:
+            time.sleep(0.5)  # the step being saved
+            sys.exit(143)
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+    print("training", flush=True)
+    time.sleep(120)
+""")
+
+# A tool that runs the fake trainer through runs.run_trainer, as tools.reproduce does.
+TOOL = textwrap.dedent("""
+    import sys
+    from energynet_tf import cli
+    from tools import runs
+    trainer, record, model_dir, log = sys.argv[1:5]
+    runs.trainer_command = lambda name, flags: [sys.executable, trainer, record]
+    cli.run_tool(lambda: runs.run_trainer("fake", model_dir, [], log), [sys.argv[0]])
+""")
+
+
+def test_ctrl_c_in_a_terminal_reaches_the_trainer_once(tmp_path):
+    trainer = tmp_path / "trainer.py"
+    trainer.write_text(FAKE_TRAINER)
+    record, log = tmp_path / "signals.txt", tmp_path / "fake.log"
+    # The tool in its own process group, as a shell runs a foreground job.
+    tool = subprocess.Popen([sys.executable, "-c", TOOL, str(trainer), str(record), str(tmp_path / "run"), str(log)],
+                            cwd=REPO, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (log.exists() and "training" in log.read_text()):
+            time.sleep(0.1)
+        assert "training" in log.read_text()
+        os.killpg(tool.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+        _, err = tool.communicate(timeout=60)
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+    assert tool.returncode == 130, err
+    assert "interrupted (SIGINT)" in err
+    # One signal, the tool's SIGTERM: the trainer saved its step and exited by itself.
+    assert record.read_text().split() == ["SIGTERM"]
