@@ -7,7 +7,6 @@ run time; every process is bounded in time and killed at the end.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_TRAINER, error_lines, tool_env
+from tools import runs
 
 SCRIPT = textwrap.dedent("""
     import numpy as np, keras, tensorflow as tf
@@ -128,16 +128,6 @@ def test_trainer_with_multi_worker_and_no_tf_config_gets_one_line(fake_cifar_dir
 # -- two workers on loopback ----------------------------------------------------
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _start_workers(args, log_dir, tag, ports):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     processes = []
@@ -204,7 +194,7 @@ def test_two_workers_train_like_one_process_with_the_same_global_batch(black_cif
             "--phase3_epochs=0", "--batch_size=16", "--max_train_examples=32", "--validation_examples=50",
             "--gate_noise=0"]
     chief_dir = tmp_path / "two"
-    results = _finish(_start_workers([*args, f"--model_dir={chief_dir}"], str(tmp_path), "two", _free_ports(2)))
+    results = _finish(_start_workers([*args, f"--model_dir={chief_dir}"], str(tmp_path), "two", runs.free_ports(2)))
     for status, output in results:
         assert status == 0, output[-3000:]
     # Both workers end with the same variables, bit for bit.
@@ -235,7 +225,7 @@ def test_a_killed_workers_rerun_resumes_the_job_from_the_chiefs_checkpoint(fake_
     args = [f"--data_dir={fake_cifar_dir}", f"--model_dir={tmp_path / 'run'}", "--depth=8", "--phase1_epochs=2",
             "--phase2_epochs=2", "--phase3_epochs=0", "--batch_size=16", "--max_train_examples=64",
             "--validation_examples=50", "--checkpoint_every_steps=1"]
-    ports = _free_ports(2)
+    ports = runs.free_ports(2)
     processes = _start_workers(args, str(tmp_path), "first", ports)
     latest = tmp_path / "run" / "checkpoints" / "latest.json"
     deadline = time.time() + 240
@@ -269,7 +259,7 @@ def test_a_killed_workers_rerun_resumes_the_job_from_the_chiefs_checkpoint(fake_
     # The same job uninterrupted: the resumed epoch's restored metric sums
     # count every worker's steps once (an error would be a factor of 2).
     args[1] = f"--model_dir={tmp_path / 'whole'}"
-    whole = _finish(_start_workers(args, str(tmp_path), "whole", _free_ports(2)))
+    whole = _finish(_start_workers(args, str(tmp_path), "whole", runs.free_ports(2)))
     assert all(status == 0 for status, _ in whole), whole[0][1][-3000:]
     assert _digest(whole[0][1]) == _digest(second[0][1])
     reference = json.load(open(tmp_path / "whole" / "metrics.json"))

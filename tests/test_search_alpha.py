@@ -7,6 +7,7 @@ import os
 import pytest
 
 from conftest import TINY_BUDGET, error_lines, interrupt_after, run_module, start_module
+from tools import runs
 from tools import search_alpha
 
 
@@ -113,14 +114,6 @@ def test_missing_data_fails_fast_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_distributed_search_runs_every_trial_exactly_once(fake_cifar_dir, tmp_path):
     """keras-tuner's chief serves the oracle on loopback; two workers take the three trials."""
     import subprocess
@@ -131,7 +124,7 @@ def test_distributed_search_runs_every_trial_exactly_once(fake_cifar_dir, tmp_pa
     out = tmp_path / "out"
     args = [f"--data_dir={fake_cifar_dir}", f"--out={out}", "--max_trials=3", "--alpha_min=0.5", "--alpha_max=4",
             *TINY_BUDGET]
-    env = dict(tool_env(), KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(_free_port()))
+    env = dict(tool_env(), KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(runs.free_ports(1)[0]))
     processes = {
         name: subprocess.Popen([sys.executable, "-u", "-m", "tools.search_alpha", *args], cwd=REPO,
                                env=dict(env, KERASTUNER_TUNER_ID=name), stdout=subprocess.PIPE,

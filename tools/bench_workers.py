@@ -4,8 +4,9 @@
 
 Each round trains the same baseline run (`trainers.cifar`, same global batch,
 `--max_train_examples` images, 2 epochs) once in one process and once as two
-workers on 127.0.0.1, in turn, and reads the second epoch's time from the
-trainer's progress line (the first one includes tracing and start-up). It
+workers on 127.0.0.1, in turn, and reads the training speed of the second epoch from
+the chief's last progress line of that epoch (images/s of its training steps;
+the first epoch includes tracing and start-up, validation is not counted). It
 prints each round's images/s and the ratio, then the median ratio. On one
 machine the two workers share its cores, so this measures the cost of the
 collectives and of computing half batches, not a speed-up; on separate
@@ -16,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,10 +28,11 @@ from absl import flags
 
 from energynet_tf import cli
 from energynet_tf.cli import UsageError
+from tools import runs
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_EPOCH = re.compile(r"^epoch 2 done in (\d+)s")
+_RATE = re.compile(r"^epoch 2 step (\d+)/\1 (\d+) img/s")
 
 
 def _define_flags():
@@ -43,34 +44,25 @@ def _define_flags():
     flags.DEFINE_integer("timeout", 1800, "Seconds allowed for one run.")
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def _epoch_seconds(output):
+def _epoch_rate(output):
+    """Images per second of the second epoch's training steps (its last progress line), from the chief's output."""
     for line in output.splitlines():
-        match = _EPOCH.match(line)
+        match = _RATE.match(line)
         if match:
-            return float(match.group(1))
-    raise RuntimeError("no 'epoch 2 done' line in the trainer's output:\n" + output[-2000:])
+            return float(match.group(2))
+    raise RuntimeError("no progress line for the end of epoch 2 in the trainer's output:\n" + output[-2000:])
 
 
 def _run(workers, data_dir, scratch):
-    """Trains once with `workers` processes; returns the chief's second-epoch seconds (its progress line)."""
+    """Trains once with `workers` processes; returns the chief's training images/s in the second epoch."""
     model_dir = tempfile.mkdtemp(dir=scratch)
     args = [sys.executable, "-m", "trainers.cifar", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
             f"--depth={FLAGS.depth}", "--baseline", "--phase1_epochs=2", f"--batch_size={FLAGS.batch_size}",
-            f"--max_train_examples={FLAGS.max_train_examples}", "--validation_examples=0", "--noevaluate_test",
+            f"--max_train_examples={FLAGS.max_train_examples}", "--validation_examples=50", "--noevaluate_test",
             "--checkpoint_every_steps=0"]
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     processes = []
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(workers)]} if workers > 1 else None
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in runs.free_ports(workers)]} if workers > 1 else None
     for index in range(workers):
         extra = {}
         if cluster:
@@ -90,7 +82,7 @@ def _run(workers, data_dir, scratch):
     for process, output in zip(processes, outputs):
         if process.returncode != 0:
             raise RuntimeError(f"a {workers}-worker run failed (exit {process.returncode}):\n{output[-2000:]}")
-    return _epoch_seconds(outputs[0])
+    return _epoch_rate(outputs[0])
 
 
 def main():
@@ -109,9 +101,9 @@ def main():
         for r in range(FLAGS.rounds):
             one = _run(1, data_dir, scratch)
             two = _run(2, data_dir, scratch)
-            ratios.append(one / two)
-            print(f"[bench_workers] round {r + 1}/{FLAGS.rounds}: 1 process {images / one:.0f} img/s, "
-                  f"2 workers {images / two:.0f} img/s, speed ratio (2 workers / 1) {one / two:.2f}", flush=True)
+            ratios.append(two / one)
+            print(f"[bench_workers] round {r + 1}/{FLAGS.rounds}: 1 process {one:.0f} img/s, "
+                  f"2 workers {two:.0f} img/s, speed ratio (2 workers / 1) {two / one:.2f}", flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"[bench_workers] median speed ratio, 2 workers over 1 process: {statistics.median(ratios):.2f} "

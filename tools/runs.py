@@ -38,6 +38,20 @@ def load_metrics(model_dir):
         raise UsageError(f"cannot read {path}: {e}") from None
 
 
+def free_ports(n):
+    """`n` TCP ports of 127.0.0.1 that are free now (for loopback clusters: workers, keras-tuner's oracle)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def trainer_command(trainer, trainer_flags):
     """The command line that runs `trainers.<trainer>` with `trainer_flags`."""
     if trainer not in TRAINERS:
