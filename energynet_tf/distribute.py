@@ -173,7 +173,9 @@ class MultiWorkerTrainer:
         # replicas after every step keeps every replica's copy equal to the
         # moving average of the replicas' mean batch statistics (the moving
         # average is linear), as TF 2 Keras' on-read mean variables did.
-        moving = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
+        # Only these: the model's other non-trainable variables (alpha, the
+        # gates' switches) are assigned alike on every replica by the callbacks.
+        moving = [v for v in model.non_trainable_variables if v.path.endswith(("moving_mean", "moving_variance"))]
         sizes = [int(np.prod(v.shape)) for v in moving]
 
         def local_values():
