@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from energynet_tf import backbone
+
 PACKAGE = "energynet_tf"
 
 _KERNEL_INIT = "he_normal"
@@ -28,9 +30,12 @@ def _bn(name, zero_gamma=False):
 class _ConditionalBlock(keras.layers.Layer):
     """Shared logic of the basic and bottleneck blocks.
 
-    Subclasses define `self.residual_convs` and `self.residual_bns` (ordered,
-    ReLU between them) and `self.out_channels`.
+    Subclasses name their `kind` in `backbone.EXPANSION`; the residual
+    branch's convolutions come from `backbone.branch_convs` (the table the
+    energy model counts), each followed by BN, with ReLU between them.
     """
+
+    kind = None
 
     def __init__(self, filters, strides=1, projection=False, zero_init_residual=False, **kwargs):
         super().__init__(**kwargs)
@@ -47,6 +52,13 @@ class _ConditionalBlock(keras.layers.Layer):
         # nothing at initialisation, so the block starts as its shortcut and
         # the cross-entropy has no reason to close its gate.
         self.zero_init_residual = bool(zero_init_residual)
+        self.out_channels = filters * self.expansion
+        plans = backbone.branch_convs(self.kind, filters, strides)
+        self.residual_convs = [_conv(c.filters, c.kernel, c.strides, f"conv{k + 1}") for k, c in enumerate(plans)]
+        last = len(plans) - 1
+        self.residual_bns = [_bn(f"bn{k + 1}", zero_gamma=self.zero_init_residual and k == last)
+                             for k in range(len(plans))]
+        self._make_shortcut(self.out_channels)
 
     def _make_shortcut(self, out_channels):
         if self.projection:
@@ -100,7 +112,7 @@ class _ConditionalBlock(keras.layers.Layer):
 
         `decision` 1 gives `relu(F(x) + shortcut(x))`, 0 gives `shortcut(x)`. The
         blend keeps the straight-through gradient of a soft decision; the exported
-        serving graph replaces it by real control flow (see `export.py`).
+        serving graph replaces it by real control flow (`export/serving.py`).
         """
         shortcut = self.shortcut(inputs, training=training)
         out = ops.relu(self.residual(inputs, training=training) + shortcut)
@@ -142,17 +154,8 @@ class BasicBlock(_ConditionalBlock):
         **kwargs: base layer arguments.
     """
 
-    expansion = 1
-
-    def __init__(self, filters, strides=1, projection=False, zero_init_residual=False, **kwargs):
-        super().__init__(filters, strides, projection, zero_init_residual, **kwargs)
-        self.out_channels = filters
-        self.residual_convs = [
-            _conv(filters, 3, strides, "conv1"),
-            _conv(filters, 3, 1, "conv2"),
-        ]
-        self.residual_bns = [_bn("bn1"), _bn("bn2", zero_gamma=self.zero_init_residual)]
-        self._make_shortcut(self.out_channels)
+    kind = "basic"
+    expansion = backbone.EXPANSION[kind]
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -171,15 +174,9 @@ class BottleneckBlock(_ConditionalBlock):
         **kwargs: base layer arguments.
     """
 
-    expansion = 4
+    kind = "bottleneck"
+    expansion = backbone.EXPANSION[kind]
 
-    def __init__(self, filters, strides=1, projection=False, zero_init_residual=False, **kwargs):
-        super().__init__(filters, strides, projection, zero_init_residual, **kwargs)
-        self.out_channels = filters * self.expansion
-        self.residual_convs = [
-            _conv(filters, 1, 1, "conv1"),
-            _conv(filters, 3, strides, "conv2"),
-            _conv(self.out_channels, 1, 1, "conv3"),
-        ]
-        self.residual_bns = [_bn("bn1"), _bn("bn2"), _bn("bn3", zero_gamma=self.zero_init_residual)]
-        self._make_shortcut(self.out_channels)
+
+# The block class of each `backbone.BackboneSpec.block`.
+BLOCK_CLASSES = {cls.kind: cls for cls in (BasicBlock, BottleneckBlock)}

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from energynet_tf import backbone
 from energynet_tf import systolic
 from energynet_tf import topology
 
@@ -72,12 +73,11 @@ class EnergyTable:
         }
 
 
-def _same_output(size, strides):
-    return -(-size // strides)
-
-
 def network_layers(spec, image_shape, num_classes, gate_units=None):
     """Lists the counted layers of an EnergyNet as topology rows with their groups.
+
+    The rows follow `backbone.network_plan`, the walk the model builds its
+    layers from.
 
     Args:
         spec: a `backbone.BackboneSpec`.
@@ -90,45 +90,28 @@ def network_layers(spec, image_shape, num_classes, gate_units=None):
         A list of `(LayerShape, group, block_index)`; BN, ReLU, additions and
         pooling are not counted (docs/design.md §1.3).
     """
-    rows = []
-    h, w, channels = image_shape
-    if spec.stem == "imagenet":
-        rows.append((topology.conv_layer_shape("stem_conv", (h, w), 7, 2, "same", channels, spec.stem_filters), "fixed", -1))
-        h, w = _same_output(h, 2), _same_output(w, 2)
-        # 3x3/2 'same' max pooling: not counted, but it halves the maps.
-        h, w = _same_output(h, 2), _same_output(w, 2)
-    else:
-        rows.append((topology.conv_layer_shape("stem_conv", (h, w), 3, 1, "same", channels, spec.stem_filters), "fixed", -1))
-    channels = spec.stem_filters
-    expansion = 4 if spec.block == "bottleneck" else 1
-    block_index = 0
-    gate_inputs = []
-    for stage_number, stage in enumerate(spec.stages):
-        for i in range(stage.blocks):
-            strides = stage.strides if i == 0 else 1
-            out_channels = stage.filters * expansion
-            gated = block_index > 0
-            group, gate = ("block", block_index - 1) if gated else ("fixed", -1)
-            prefix = f"block{block_index:02d}"
-            if gated:
-                gate_inputs.append(channels)
-            if spec.block == "bottleneck":
-                convs = [(1, 1, stage.filters), (3, strides, stage.filters), (1, 1, out_channels)]
-            else:
-                convs = [(3, strides, stage.filters), (3, 1, stage.filters)]
-            ch, hh, ww = channels, h, w
-            for k, (kernel, s, filters) in enumerate(convs):
-                rows.append((topology.conv_layer_shape(f"{prefix}_conv{k + 1}", (hh, ww), kernel, s, "same", ch, filters), group, gate))
-                hh, ww, ch = _same_output(hh, s), _same_output(ww, s), filters
-            if strides != 1 or channels != out_channels:
-                # The projection shortcut always runs, even when the block is skipped.
-                rows.append((topology.conv_layer_shape(f"{prefix}_shortcut", (h, w), 1, strides, "same", channels, out_channels), "fixed", -1))
-            h, w, channels = hh, ww, out_channels
-            block_index += 1
-    rows.append((topology.dense_layer_shape("classifier", channels, num_classes), "fixed", -1))
+    plan = backbone.network_plan(spec, image_shape)
+    stem = plan.stem
+    rows = [(topology.conv_layer_shape("stem_conv", stem.input_hw, stem.kernel, stem.strides, "same",
+                                       stem.in_channels, stem.filters), "fixed", -1)]
+    for block in plan.blocks:
+        group, gate = ("fixed", -1) if block.gate is None else ("block", block.gate)
+        hw, channels = block.input_hw, block.in_channels
+        for k, conv in enumerate(block.convs):
+            row = topology.conv_layer_shape(f"{block.name}_conv{k + 1}", hw, conv.kernel, conv.strides, "same",
+                                            channels, conv.filters)
+            rows.append((row, group, gate))
+            hw, channels = (-(-hw[0] // conv.strides), -(-hw[1] // conv.strides)), conv.filters
+        if block.projection:
+            # The projection shortcut always runs, even when the block is skipped.
+            rows.append((topology.conv_layer_shape(f"{block.name}_shortcut", block.input_hw, 1, block.strides,
+                                                   "same", block.in_channels, block.out_channels), "fixed", -1))
+    rows.append((topology.dense_layer_shape("classifier", plan.head_features, num_classes), "fixed", -1))
     if gate_units is not None:
-        for g, ch in enumerate(gate_inputs):
-            rows.append((topology.dense_layer_shape(f"gate{g:02d}_projection", ch, gate_units), "gate", g))
+        for block in plan.gated_blocks:
+            g = block.gate
+            # Gate g reads the input of the block it decides.
+            rows.append((topology.dense_layer_shape(f"gate{g:02d}_projection", block.in_channels, gate_units), "gate", g))
             # An LSTM cell is one dense layer from [x, h] to the four gates.
             rows.append((topology.dense_layer_shape(f"gate{g:02d}_lstm", 2 * gate_units, 4 * gate_units), "gate", g))
             rows.append((topology.dense_layer_shape(f"gate{g:02d}_output", gate_units, 1), "gate", g))

@@ -85,6 +85,117 @@ class RNNGate(keras.layers.Layer):
         probability = ops.sigmoid(self.output_dense(h))[:, 0]
         return probability, new_states
 
+    # -- the gate as arithmetic: the serving graph and programmed policies -----
+    def fused_constants(self):
+        """The gates' weights rearranged for fewer ops, as float32 NumPy constants.
+
+        Gate i computes (Keras' LSTMCell) `x = pool @ P_i + b_i`,
+        `z = x @ W + h @ U + b`, `[i, f, g, o] = split(z)`; its projection
+        folds into the cell: `z = [pool, h] @ [[P_i W], [U]] + (b_i W + b)`,
+        one matmul. At the first gate `h = c = 0`, so
+        `z = pool @ P_0 W + (b_0 W + b)`.
+
+        Returns:
+            `(per_gate, out_kernel, out_bias)`: `per_gate[i]` is gate i's
+            `(kernel, bias)`; the output unit's kernel and bias are shared.
+            `fused_step` computes a gate from them.
+
+        Raises:
+            ValueError: if the cell is not the tanh/sigmoid LSTM cell with a
+                bias that this rearrangement assumes.
+        """
+        import numpy as np
+        from keras import activations
+
+        cell = self.cell
+        if (activations.get(cell.activation) is not activations.tanh
+                or activations.get(cell.recurrent_activation) is not activations.sigmoid
+                or not cell.use_bias):
+            raise ValueError("the fused gate expects an LSTMCell with tanh, sigmoid and a bias")
+        kernel, recurrent, bias = (np.asarray(w, np.float64) for w in cell.get_weights())
+        per_gate = []
+        for i, projection in enumerate(self.projections):
+            p_kernel, p_bias = (np.asarray(w, np.float64) for w in projection.get_weights())
+            folded = p_kernel @ kernel
+            if i > 0:
+                folded = np.concatenate([folded, recurrent], axis=0)
+            per_gate.append((folded.astype(np.float32), (p_bias @ kernel + bias).astype(np.float32)))
+        out_kernel, out_bias = (np.asarray(w, np.float32) for w in self.output_dense.get_weights())
+        return per_gate, out_kernel, out_bias
+
+    @staticmethod
+    def fused_step(x, h, c, constants, index):
+        """Gate `index` on its block's input `x`, from `fused_constants`, in TensorFlow ops.
+
+        Args:
+            x: the gated block's input, `(batch, height, width, channels)`.
+            h, c: the LSTM state from the previous gate (None at the first gate).
+            constants: `fused_constants()`.
+            index: the gate.
+
+        Returns:
+            `(h, c, logit)`, `logit` of shape `(batch, 1)`; the gate opens iff
+            `logit > 0`, i.e. iff its probability sigmoid(logit) is > 0.5 (no
+            sigmoid on the critical path).
+        """
+        import tensorflow as tf
+
+        (kernel, bias), out_kernel, out_bias = constants[0][index], constants[1], constants[2]
+        pooled = tf.reduce_mean(x, axis=(1, 2))
+        z = tf.matmul(pooled if h is None else tf.concat([pooled, h], axis=1), kernel) + bias
+        z_i, z_f, z_g, z_o = tf.split(z, 4, axis=1)
+        c_new = tf.sigmoid(z_i) * tf.tanh(z_g)
+        c = c_new if c is None else tf.sigmoid(z_f) * c + c_new
+        h = tf.sigmoid(z_o) * tf.tanh(c)
+        return h, c, tf.matmul(h, out_kernel) + out_bias
+
+    def program_sign_policy(self, margin=20.0):
+        """Overwrites the shared cell and output unit: each gate opens iff its projection's unit 0 is > 0.
+
+        The cell forgets the previous gate's state, so every gate decides
+        from its own projection alone; `program_projection` then sets what
+        each gate looks at. Used to give the gates known decisions (tests,
+        benchmarks, int8 calibration with every branch running); it replaces
+        the learned policy.
+
+        Args:
+            margin: size of the pre-activations; 20 puts the probabilities
+                within 1e-6 of 0 or 1 for a projection of +-1.
+        """
+        import numpy as np
+
+        units = self.units
+        kernel, recurrent, bias = self.cell.get_weights()
+        kernel = np.zeros_like(kernel)
+        bias = np.zeros_like(bias)
+        # Keras' LSTMCell gate order: input, forget, cell, output.
+        bias[0:units] = margin              # input gate open
+        bias[units:2 * units] = -margin     # forget the previous gate's state
+        bias[3 * units:4 * units] = margin  # output gate open
+        kernel[0, 2 * units] = margin       # unit 0: c = tanh(margin * x_0)
+        self.cell.set_weights([kernel, np.zeros_like(recurrent), bias])
+        w, b = self.output_dense.get_weights()
+        w = np.zeros_like(w)
+        w[0, 0] = margin                    # logit = margin * tanh(c_0): the sign of x_0
+        self.output_dense.set_weights([w, np.zeros_like(b)])
+
+    def program_projection(self, index, channel=None, offset=0.0, scale=1.0):
+        """Sets projection `index`'s unit 0 to `(pooled[channel] - offset) / scale`, the other units to 0.
+
+        With `channel` None the unit is the constant `-offset / scale`. After
+        `program_sign_policy`, gate `index` opens iff that unit is > 0.
+        """
+        import numpy as np
+
+        projection = self.projections[index]
+        kernel, bias = projection.get_weights()
+        kernel = np.zeros_like(kernel)
+        bias = np.zeros_like(bias)
+        if channel is not None:
+            kernel[channel, 0] = 1.0 / scale
+        bias[0] = -offset / scale
+        projection.set_weights([kernel, bias])
+
     def get_config(self):
         config = super().get_config()
         config.update(

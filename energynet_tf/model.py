@@ -136,6 +136,7 @@ class EnergyNet(keras.Model):
         self.accelerator = _as_dataclass(accelerator, systolic.AcceleratorConfig, "accelerator")
         self.energy_costs = _as_dataclass(energy_costs, systolic.EnergyCosts, "energy_costs")
 
+        self.plan = backbone.network_plan(self.spec, image_shape)
         self.energy_table = energy_lib.energy_table(
             self.spec,
             image_shape,
@@ -185,32 +186,21 @@ class EnergyNet(keras.Model):
 
     # -- construction -------------------------------------------------------
     def _build_layers(self):
-        spec = self.spec
-        if spec.stem == "imagenet":
-            self.stem_conv = keras.layers.Conv2D(
-                spec.stem_filters, 7, strides=2, padding="same", use_bias=False,
-                kernel_initializer="he_normal", name="stem_conv")
-            self.stem_pool = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")
-        else:
-            self.stem_conv = keras.layers.Conv2D(
-                spec.stem_filters, 3, strides=1, padding="same", use_bias=False,
-                kernel_initializer="he_normal", name="stem_conv")
-            self.stem_pool = None
+        # Every layer comes from the one walk of the stage table
+        # (`backbone.network_plan`), which the energy table counts too.
+        stem = self.plan.stem
+        self.stem_conv = keras.layers.Conv2D(
+            stem.filters, stem.kernel, strides=stem.strides, padding="same", use_bias=False,
+            kernel_initializer="he_normal", name="stem_conv")
+        self.stem_pool = (keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")
+                          if stem.pool else None)
         self.stem_bn = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="stem_bn")
-        block_cls = blocks_lib.BottleneckBlock if spec.block == "bottleneck" else blocks_lib.BasicBlock
-        self.res_blocks = []
-        channels = spec.stem_filters
-        for stage in spec.stages:
-            for i in range(stage.blocks):
-                strides = stage.strides if i == 0 else 1
-                out_channels = stage.filters * block_cls.expansion
-                projection = strides != 1 or channels != out_channels
-                self.res_blocks.append(
-                    block_cls(stage.filters, strides, projection,
-                              zero_init_residual=self.zero_init_residual,
-                              name=f"block{len(self.res_blocks):02d}")
-                )
-                channels = out_channels
+        self.res_blocks = [
+            blocks_lib.BLOCK_CLASSES[plan.block](
+                plan.filters, plan.strides, plan.projection, zero_init_residual=self.zero_init_residual,
+                name=plan.name)
+            for plan in self.plan.blocks
+        ]
         self.gate = None
         if not self.baseline and self.num_gates > 0:
             self.gate = gates_lib.RNNGate(
@@ -225,15 +215,56 @@ class EnergyNet(keras.Model):
         self.stem_bn.build(shape)
         if self.stem_pool is not None:
             shape = self.stem_pool.compute_output_shape(shape)
-        for i, block in enumerate(self.res_blocks):
-            if i > 0 and self.gate is not None:
-                self.gate.build_projection(i - 1, shape[-1])
+        for plan, block in zip(self.plan.blocks, self.res_blocks):
+            if plan.gate is not None and self.gate is not None:
+                self.gate.build_projection(plan.gate, shape[-1])
             block.build(shape)
             shape = block.compute_output_shape(shape)
         if self.gate is not None:
             self.gate.build(None)
         self.classifier.build((None, shape[-1]))
         self.built = True
+
+    # -- structure ------------------------------------------------------------
+    # The stem, the walk over the blocks and the head are the network's one
+    # definition: `forward`, the exported serving graph (`export/serving.py`)
+    # and the gate-programming helpers all run through them, each with its own
+    # way of deciding and skipping a gated block.
+    def stem(self, inputs, training=False):
+        """The layers before block 0: convolution, BN, ReLU (and max pool)."""
+        x = ops.relu(self.stem_bn(self.stem_conv(inputs), training=training))
+        if self.stem_pool is not None:
+            x = self.stem_pool(x)
+        return x
+
+    def walk(self, x, decide=None, run=None, training=False):
+        """Runs the residual blocks on the stem's output `x`, in order.
+
+        Args:
+            x: the stem's output.
+            decide: None (every block runs), or `decide(gate_index, x)`
+                returning the decision of gated block `gate_index + 1` from its
+                input `x`; called once per gate, in order, so it may carry the
+                gates' recurrent state.
+            run: `run(block, x, decision)` returning a gated block's output
+                for `decision`; default: `block(x, decision=decision)`, the
+                training-time blend.
+            training: training mode of the blocks run without `run`.
+
+        Returns:
+            The last block's output.
+        """
+        for plan, block in zip(self.plan.blocks, self.res_blocks):
+            if plan.gate is None or decide is None:
+                x = block(x, training=training)
+                continue
+            decision = decide(plan.gate, x)
+            x = block(x, decision=decision, training=training) if run is None else run(block, x, decision)
+        return x
+
+    def head(self, x):
+        """Global average pooling and the classifier: logits."""
+        return self.classifier(self.head_pool(x))
 
     # -- forward --------------------------------------------------------------
     def _check_inputs(self, inputs):
@@ -273,32 +304,30 @@ class EnergyNet(keras.Model):
             (the hard 0/1 decisions, no gradient).
         """
         self._check_inputs(inputs)
-        x = ops.relu(self.stem_bn(self.stem_conv(inputs), training=training))
-        if self.stem_pool is not None:
-            x = self.stem_pool(x)
+        x = self.stem(inputs, training=training)
         batch = ops.shape(inputs)[0]
         probabilities, masks = [], []
-        states = None
+        states = [None]
         if gate_override is not None:
             gate_override = ops.convert_to_tensor(gate_override, dtype=x.dtype)
             if len(gate_override.shape) == 1:
                 gate_override = ops.broadcast_to(gate_override[None, :], (batch, self.num_gates))
-        for i, block in enumerate(self.res_blocks):
-            if i == 0 or self.gate is None:
-                x = block(x, training=training)
-                continue
-            p, states = self.gate(x, gate_index=i - 1, states=states, training=training)
+
+        def decide(index, x):
+            p, states[0] = self.gate(x, gate_index=index, states=states[0], training=training)
             if gate_override is not None:
-                m = gate_override[:, i - 1]
+                m = gate_override[:, index]
             else:
                 m = gates_lib.straight_through(
                     p, training, floor=self.gates_forced_open if training else None,
                     noise=self.gate_noise if training else None, seed=self._noise_seed,
-                    uniform=None if gate_uniform is None else gate_uniform[:, i - 1])
+                    uniform=None if gate_uniform is None else gate_uniform[:, index])
             probabilities.append(p)
             masks.append(m)
-            x = block(x, decision=m, training=training)
-        logits = self.classifier(self.head_pool(x))
+            return m
+
+        x = self.walk(x, decide=None if self.gate is None else decide, training=training)
+        logits = self.head(x)
         if masks:
             probabilities = ops.stack(probabilities, axis=1)
             masks = ops.stack(masks, axis=1)

@@ -199,6 +199,34 @@ def model_topology(model, input_shape=None) -> List[systolic.LayerShape]:
 
     targets = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
                if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
+    calls = trace_layer_calls(lambda x: model(x, training=False), specs[0] if len(specs) == 1 else specs, targets)
+    rows, seen = [], {}
+    for layer, shape in calls:
+        count = seen.get(id(layer), 0)
+        seen[id(layer)] = count + 1
+        rows.append(layer_shape(layer, shape,
+                                name=layer.name if count == 0 else f"{layer.name}_{count}"))
+    return rows
+
+
+def trace_layer_calls(fn, input_signature, layers):
+    """Records every call of `layers` made while tracing `fn`, in order, with its input shape.
+
+    `fn` is traced once symbolically (a `tf.function` concrete function: both
+    branches of every `tf.cond` are traced and nothing runs). A layer called
+    inside both branches of a `tf.cond`, or several times, gives several
+    records.
+
+    Args:
+        fn: a function of one argument (a tensor or a list of tensors).
+        input_signature: a `tf.TensorSpec` (or a list of them) for that argument.
+        layers: the Keras layers to record.
+
+    Returns:
+        A list of `(layer, input shape tuple)`.
+    """
+    import tensorflow as tf
+
     calls = []
 
     def recorder(layer, call):
@@ -207,25 +235,12 @@ def model_topology(model, input_shape=None) -> List[systolic.LayerShape]:
             return call(inputs, *args, **kwargs)
         return wrapped
 
-    for layer in targets:
+    for layer in layers:
         # An instance attribute shadows the method: Keras invokes `self.call`.
         object.__setattr__(layer, "call", recorder(layer, layer.call))
     try:
-        model_inputs = specs[0] if len(specs) == 1 else specs
-
-        @tf.function(autograph=True)
-        def trace(x):
-            return model(x, training=False)
-
-        trace.get_concrete_function(model_inputs)
+        tf.function(fn, autograph=True).get_concrete_function(input_signature)
     finally:
-        for layer in targets:
+        for layer in layers:
             object.__delattr__(layer, "call")
-
-    rows, seen = [], {}
-    for layer, shape in calls:
-        count = seen.get(id(layer), 0)
-        seen[id(layer)] = count + 1
-        rows.append(layer_shape(layer, shape,
-                                name=layer.name if count == 0 else f"{layer.name}_{count}"))
-    return rows
+    return calls

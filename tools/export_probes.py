@@ -4,10 +4,9 @@ import numpy as np
 
 from energynet_tf.export.serving import (  # noqa: F401
     check_model,
-    _fused_gate_constants,
+    gate_constants,
     _network,
     _run_gated_block,
-    _stem_and_first_block,
 )
 from energynet_tf.export.tflite import (  # noqa: F401
     _convert_batch1,
@@ -41,10 +40,9 @@ def convert_subnetwork_to_tflite(model, open_blocks):
         raise ValueError(f"Argument `open_blocks` must have {model.num_gates} entries; received {len(pattern)}")
 
     def serve(images):
-        x = _stem_and_first_block(model, images)
-        for run, block in zip(pattern, model.res_blocks[1:]):
-            x = block(x, training=False) if run else block.shortcut(x, training=False)
-        return {"logits": model.classifier(model.head_pool(x))}
+        x = model.walk(model.stem(images), decide=lambda index, x: pattern[index],
+                       run=lambda block, x, run: block(x, training=False) if run else block.shortcut(x, training=False))
+        return {"logits": model.head(x)}
 
     return _convert_batch1(model, serve)
 
@@ -88,16 +86,15 @@ def convert_overhead_probe_to_tflite(model, probe):
     check_model(model)
     if model.gate is None:
         raise ValueError("Argument `model` must be a gated EnergyNet; received a baseline")
-    gate_constants = _fused_gate_constants(model)
+    constants = gate_constants(model)
 
     def serve(images):
         if probe == "gates":
-            logits, gate_logits, _ = _network(model, images, "ignore", gate_constants)
+            logits, gate_logits, _ = _network(model, images, "ignore", constants)
             return {"logits": logits, "gate_logits": gate_logits}
-        x = _stem_and_first_block(model, images)
         always = tf.reshape(tf.greater_equal(images[:, 0, 0, 0], -np.inf), ())
-        for block in model.res_blocks[1:]:
-            x = _run_gated_block(block, x, always, "single")
-        return {"logits": model.classifier(model.head_pool(x))}
+        x = model.walk(model.stem(images), decide=lambda index, x: always,
+                       run=lambda block, x, decision: _run_gated_block(block, x, decision, "single"))
+        return {"logits": model.head(x)}
 
     return _convert_batch1(model, serve)

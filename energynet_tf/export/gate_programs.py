@@ -7,35 +7,6 @@ from energynet_tf.export.loading import (  # noqa: F401
 )
 
 
-def _program_gate(model, gate_index, channel, offset, scale):
-    """Gate `gate_index` opens iff (pooled channel `channel` - offset) / scale > 0."""
-    projection = model.gate.projections[gate_index]
-    kernel, bias = projection.get_weights()
-    kernel = np.zeros_like(kernel)
-    bias = np.zeros_like(bias)
-    kernel[channel, 0] = 1.0 / scale
-    bias[0] = -offset / scale
-    projection.set_weights([kernel, bias])
-
-
-def _program_cell(model, margin):
-    gate = model.gate
-    units = gate.units
-    kernel, recurrent, bias = gate.cell.get_weights()
-    kernel = np.zeros_like(kernel)
-    bias = np.zeros_like(bias)
-    # Keras' LSTMCell gate order: input, forget, cell, output.
-    bias[0:units] = margin              # input gate open
-    bias[units:2 * units] = -margin     # forget the previous gate's state
-    bias[3 * units:4 * units] = margin  # output gate open
-    kernel[0, 2 * units] = margin       # unit 0: c = tanh(margin * x_0)
-    gate.cell.set_weights([kernel, np.zeros_like(recurrent), bias])
-    w, b = gate.output_dense.get_weights()
-    w = np.zeros_like(w)
-    w[0, 0] = margin                    # logit = margin * tanh(c_0): the sign of x_0
-    gate.output_dense.set_weights([w, np.zeros_like(b)])
-
-
 def force_gate_decisions(model, decisions, margin=20.0):
     """Overwrites the gates' weights so that gate i always decides `decisions[i]`.
 
@@ -55,13 +26,10 @@ def force_gate_decisions(model, decisions, margin=20.0):
     decisions = [bool(d) for d in np.asarray(decisions).reshape(-1)]
     if len(decisions) != model.num_gates:
         raise ValueError(f"expected {model.num_gates} decisions; received {len(decisions)}")
-    _program_cell(model, margin)
+    model.gate.program_sign_policy(margin)
     for i, open_ in enumerate(decisions):
-        projection = model.gate.projections[i]
-        kernel, bias = projection.get_weights()
-        bias = np.zeros_like(bias)
-        bias[0] = 1.0 if open_ else -1.0
-        projection.set_weights([np.zeros_like(kernel), bias])
+        # Projection unit 0 is the constant +1 (open) or -1 (closed).
+        model.gate.program_projection(i, offset=-1.0 if open_ else 1.0)
 
 
 def set_input_dependent_gates(model, images, open_fraction=0.5, margin=20.0):
@@ -89,19 +57,16 @@ def set_input_dependent_gates(model, images, open_fraction=0.5, margin=20.0):
         raise ValueError("a baseline has no gates to set")
     images = tf.constant(_check_images_np(images, model.image_shape))
     fractions = np.broadcast_to(np.asarray(open_fraction, np.float64), (model.num_gates,))
-    _program_cell(model, margin)
-    x = tf.nn.relu(model.stem_bn(model.stem_conv(images), training=False))
-    if model.stem_pool is not None:
-        x = model.stem_pool(x)
-    x = model.res_blocks[0](x, training=False)
+    model.gate.program_sign_policy(margin)
     count = int(images.shape[0])
     decisions = np.zeros((count, model.num_gates), np.float32)
-    for i, block in enumerate(model.res_blocks[1:]):
+
+    def decide(index, x):
         pooled = tf.reduce_mean(x, axis=(1, 2)).numpy().astype(np.float64)
         channel = int(np.argmax(pooled.std(axis=0)))
         feature = pooled[:, channel]
         ordered = np.sort(feature)
-        closed = int(round((1.0 - fractions[i]) * count))
+        closed = int(round((1.0 - fractions[index]) * count))
         spread = max(float(ordered[-1] - ordered[0]), 1e-6)
         if closed <= 0:
             offset = ordered[0] - spread
@@ -109,10 +74,13 @@ def set_input_dependent_gates(model, images, open_fraction=0.5, margin=20.0):
             offset = ordered[-1] + spread
         else:
             offset = 0.5 * (ordered[closed - 1] + ordered[closed])
-        _program_gate(model, i, channel, offset, spread / 10.0)
-        decision = feature > offset
-        decisions[:, i] = decision
-        run = block(x, training=False)
-        skip = block.shortcut(x, training=False)
-        x = tf.where(tf.reshape(tf.constant(decision), (-1, 1, 1, 1)), run, skip)
+        model.gate.program_projection(index, channel, offset, spread / 10.0)
+        decisions[:, index] = feature > offset
+        return decisions[:, index] > 0
+
+    def run(block, x, decision):
+        return tf.where(tf.reshape(tf.constant(decision), (-1, 1, 1, 1)),
+                        block(x, training=False), block.shortcut(x, training=False))
+
+    model.walk(model.stem(images), decide=decide, run=run)
     return decisions

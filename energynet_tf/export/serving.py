@@ -2,7 +2,6 @@
 
 import os
 
-import numpy as np
 
 from energynet_tf.export.common import (  # noqa: F401
     BATCHED_METHODS,
@@ -94,74 +93,25 @@ def _run_gated_block(block, x, decision, method):
     return tf.cond(tf.reduce_all(decision), run_all, some_or_none, name=f"{block.name}_skip")
 
 
-def _fused_gate_constants(model):
-    """The gates' weights rearranged for fewer ops, as float32 NumPy constants.
-
-    Gate i computes (docs/design.md §1.2, Keras' LSTMCell) `x = pool @ P_i + b_i`,
-    `z = x @ W + h @ U + b`, `[i, f, g, o] = split(z)`; its projection folds
-    into the cell: `z = [pool, h] @ [[P_i W], [U]] + (b_i W + b)`, one matmul.
-    At the first gate `h = c = 0`, so `z = pool @ P_0 W + (b_0 W + b)`.
+def gate_constants(model):
+    """The model's gates as fused constants (`RNNGate.fused_constants`), or None for a baseline.
 
     Raises:
-        ExportError: if the cell is not the tanh/sigmoid LSTM cell with a bias
-            that this rearrangement assumes.
+        ExportError: if the gate's cell is not the one the fused gate assumes.
     """
-    gate = model.gate
-    _check_lstm_cell(gate.cell)
-    kernel, recurrent, bias = (np.asarray(w, np.float64) for w in gate.cell.get_weights())
-    constants = []
-    for i, projection in enumerate(gate.projections):
-        p_kernel, p_bias = (np.asarray(w, np.float64) for w in projection.get_weights())
-        folded = p_kernel @ kernel
-        if i > 0:
-            folded = np.concatenate([folded, recurrent], axis=0)
-        constants.append((folded.astype(np.float32), (p_bias @ kernel + bias).astype(np.float32)))
-    out_kernel, out_bias = (np.asarray(w, np.float32) for w in gate.output_dense.get_weights())
-    return constants, out_kernel, out_bias
+    if model.gate is None:
+        return None
+    try:
+        return model.gate.fused_constants()
+    except ValueError as e:
+        raise ExportError(str(e)) from None
 
 
-def _check_lstm_cell(cell):
-    from keras import activations
+def _network(model, images, method, constants):
+    """Stem, gated blocks and head on `images`, through the model's own walk.
 
-    if (
-        activations.get(cell.activation) is not activations.tanh
-        or activations.get(cell.recurrent_activation) is not activations.sigmoid
-        or not cell.use_bias
-    ):
-        raise ExportError("the fused gate expects an LSTMCell with tanh, sigmoid and a bias")
-
-
-def _gate_step(x, h, c, gate_constants, index):
-    """Gate `index` on block output `x` with LSTM state `(h, c)` (None at the first gate).
-
-    Returns `(h, c, logit)`, `logit` of shape `(batch, 1)`; the gate opens iff
-    `logit > 0`, i.e. iff its probability sigmoid(logit) is > 0.5 (no sigmoid
-    on the critical path).
-    """
-    import tensorflow as tf
-
-    (kernel, bias), out_kernel, out_bias = gate_constants[0][index], gate_constants[1], gate_constants[2]
-    pooled = tf.reduce_mean(x, axis=(1, 2))
-    z = tf.matmul(pooled if h is None else tf.concat([pooled, h], axis=1), kernel) + bias
-    z_i, z_f, z_g, z_o = tf.split(z, 4, axis=1)
-    c_new = tf.sigmoid(z_i) * tf.tanh(z_g)
-    c = c_new if c is None else tf.sigmoid(z_f) * c + c_new
-    h = tf.sigmoid(z_o) * tf.tanh(c)
-    return h, c, tf.matmul(h, out_kernel) + out_bias
-
-
-def _stem_and_first_block(model, images):
-    """The layers before the first gate: stem (and its pool) and block 0."""
-    import tensorflow as tf
-
-    x = tf.nn.relu(model.stem_bn(model.stem_conv(images), training=False))
-    if model.stem_pool is not None:
-        x = model.stem_pool(x)
-    return model.res_blocks[0](x, training=False)
-
-
-def _network(model, images, method, gate_constants):
-    """Stem, gated blocks and head on `images`.
+    Each gate is computed from its fused constants (`RNNGate.fused_step`) and
+    its block runs or is skipped as `method` says (`_run_gated_block`).
 
     Returns:
         `(logits, gate logits (batch, num_gates), decisions (batch, num_gates)
@@ -169,20 +119,20 @@ def _network(model, images, method, gate_constants):
     """
     import tensorflow as tf
 
-    x = _stem_and_first_block(model, images)
+    x = model.stem(images)
     if model.gate is None:
-        for block in model.res_blocks[1:]:
-            x = block(x, training=False)
-        return model.classifier(model.head_pool(x)), None, None
+        return model.head(model.walk(x)), None, None
     gate_logits = []
-    h = c = None
-    for i, block in enumerate(model.res_blocks[1:]):
-        h, c, logit = _gate_step(x, h, c, gate_constants, i)
+    state = [None, None]
+
+    def decide(index, x):
+        state[0], state[1], logit = model.gate.fused_step(x, state[0], state[1], constants, index)
         gate_logits.append(logit)
-        x = _run_gated_block(block, x, tf.greater(logit, 0.0), method)
-    logits = model.classifier(model.head_pool(x))
+        return tf.greater(logit, 0.0)
+
+    x = model.walk(x, decide=decide, run=lambda block, x, decision: _run_gated_block(block, x, decision, method))
     gate_logits = tf.concat(gate_logits, axis=1)
-    return logits, gate_logits, tf.cast(tf.greater(gate_logits, 0.0), tf.float32)
+    return model.head(x), gate_logits, tf.cast(tf.greater(gate_logits, 0.0), tf.float32)
 
 
 def serving_function(model, batched=DEFAULT_BATCHED_METHOD, check_shape=True):
@@ -198,7 +148,7 @@ def serving_function(model, batched=DEFAULT_BATCHED_METHOD, check_shape=True):
         check_shape: add the run-time input shape check (TFLite drops it).
 
     The gates are computed from their weights rearranged as constants
-    (`_fused_gate_constants`: fewer ops, the same function up to float
+    (`RNNGate.fused_constants`: fewer ops, the same function up to float
     rounding), and a gate decides "run" iff its logit is > 0, i.e. its
     probability is > 0.5.
 
@@ -215,15 +165,13 @@ def serving_function(model, batched=DEFAULT_BATCHED_METHOD, check_shape=True):
     table = model.energy_table
     image_shape = tuple(model.image_shape)
     num_gates = model.num_gates
-    gate_constants = None
-    if model.gate is not None:
-        gate_constants = _fused_gate_constants(model)
+    constants = gate_constants(model)
 
     def serve(images):
         if check_shape:
             images = _check_images_in_graph(images, image_shape)
         batch = tf.shape(images)[0]
-        logits, gate_logits, decisions = _network(model, images, batched, gate_constants)
+        logits, gate_logits, decisions = _network(model, images, batched, constants)
         if decisions is not None:
             probabilities = tf.sigmoid(gate_logits)
         else:
@@ -258,7 +206,7 @@ def _archive(model, serve, batch_size):
 
 def check_model(model):
     """Raises `ExportError` unless `model` is an EnergyNet the export can take."""
-    needed = ("res_blocks", "gate", "stem_conv", "stem_bn", "head_pool", "classifier", "energy_table", "image_shape")
+    needed = ("stem", "walk", "head", "gate", "energy_table", "image_shape", "num_gates")
     missing = [name for name in needed if not hasattr(model, name)]
     if missing:
         raise ExportError(
