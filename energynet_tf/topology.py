@@ -199,7 +199,11 @@ def model_topology(model, input_shape=None) -> List[systolic.LayerShape]:
 
     targets = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
                if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
-    calls = trace_layer_calls(lambda x: model(x, training=False), specs[0] if len(specs) == 1 else specs, targets)
+
+    def forward(x):
+        return model(x, training=False)
+
+    calls, _ = trace_layer_calls(forward, specs[0] if len(specs) == 1 else specs, targets)
     rows, seen = [], {}
     for layer, shape in calls:
         count = seen.get(id(layer), 0)
@@ -223,7 +227,8 @@ def trace_layer_calls(fn, input_signature, layers):
         layers: the Keras layers to record.
 
     Returns:
-        A list of `(layer, input shape tuple)`.
+        `(calls, graph)`: the list of `(layer, input shape tuple)` and the
+        traced `tf.Graph`.
     """
     import tensorflow as tf
 
@@ -239,8 +244,8 @@ def trace_layer_calls(fn, input_signature, layers):
         # An instance attribute shadows the method: Keras invokes `self.call`.
         object.__setattr__(layer, "call", recorder(layer, layer.call))
     try:
-        tf.function(fn, autograph=True).get_concrete_function(input_signature)
+        graph = tf.function(fn, autograph=True).get_concrete_function(input_signature).graph
     finally:
         for layer in layers:
             object.__delattr__(layer, "call")
-    return calls
+    return calls, graph

@@ -109,7 +109,10 @@ def test_model_energy_table_and_serving_graph_agree_block_for_block(depth):
               if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
     spec = tf.TensorSpec((None,) + image_shape, tf.float32)
     # Topology rows of the Keras model's own forward pass.
-    traced = _owned_rows(model, topology.trace_layer_calls(lambda x: model(x, training=False), spec, layers))
+    def forward(x):
+        return model(x, training=False)
+
+    traced = _owned_rows(model, topology.trace_layer_calls(forward, spec, layers)[0])
     # The LSTM cell is no Dense layer: the table counts it as one dense layer [x, h] -> 4 units.
     lstm = {name: row for name, row in table.items() if name.endswith("_lstm")}
     assert len(lstm) == model.num_gates
@@ -120,14 +123,12 @@ def test_model_energy_table_and_serving_graph_agree_block_for_block(depth):
 
     # The exported serving graph: the same layers with the same shapes (the
     # gates are fused constants there), and one skip per gated block.
-    function = tf.function(serving.serving_function(model))
-    calls = topology.trace_layer_calls(function.python_function, spec, layers)
+    calls, graph = topology.trace_layer_calls(serving.serving_function(model), spec, layers)
     exported = _owned_rows(model, calls)
     assert exported == {name: row for name, row in table.items() if "gate" not in name}
     per_gate, _, _ = model.gate.fused_constants()
     for plan, (kernel, bias) in zip(model.plan.gated_blocks, per_gate, strict=True):
         projection = table[f"gate{plan.gate:02d}_projection"]
         assert kernel.shape == (projection.channels + (4 if plan.gate else 0), 4 * 4)
-    graph = function.get_concrete_function(spec).graph
     conds = {op.name for op in graph.get_operations() if op.type in ("If", "StatelessIf")}
     assert conds == {f"{plan.name}_skip" for plan in model.plan.gated_blocks}
