@@ -294,24 +294,24 @@ def _os_filter_epochs(g, epoch):
     folds (vectorised over layers). Returns (DRAM reads, stream index of the last epoch
     end or -1).
     """
-    rf = g.row_folds
+    row_fold_count = g.row_folds
     full_block = g.t * g.k.cols
 
     def body(fc, count, reads, last):
         active = fc < g.col_folds
         block = g.t * g.cols_in_fold(fc)
-        base = fc * rf * full_block
+        base = fc * row_fold_count * full_block
         # Block >= epoch: any E consecutive words are distinct, so every read is a fetch.
-        ntrig = (count + rf * block) // epoch
+        ntrig = (count + row_fold_count * block) // epoch
         big_last = tf.where(ntrig > 0, base + ntrig * epoch - count - 1, last)
-        big_count = count + rf * block - ntrig * epoch
-        big_reads = reads + rf * block
+        big_count = count + row_fold_count * block - ntrig * epoch
+        big_reads = reads + row_fold_count * block
         # Block < epoch: the block is fetched once; if an epoch ends inside it (after its
         # first a words), the next epoch fetches the rest and, at the next row fold, those
         # a words again.
         fits = count + block < epoch
         a = epoch - count
-        again = rf >= 2
+        again = row_fold_count >= 2
         small_last = tf.where(fits, last, base + a - 1)
         small_count = tf.where(fits, count + block, tf.where(again, block, block - a))
         small_reads = reads + block + tf.where(fits | ~again, tf.zeros_like(a), a)
@@ -540,28 +540,28 @@ def _ifmap_stream(g, k):
     """
     rows, cols = k.rows, k.cols
     lf = g.lines_per_fold[0]
-    rf, cf = g.row_folds[0], g.col_folds[0]
+    row_fold_count, cf = g.row_folds[0], g.col_folds[0]
     window, npix = g.window[0], g.npix[0]
     rng = lambda n: tf.range(n, dtype=tf.int64)
     if k.dataflow == "os":
         # Fold fr: element j of pixel fr*rows + r on line j + r, ordered by (line, r).
-        fr, t, r = rng(rf)[:, None, None], rng(window + rows - 1)[None, :, None], rng(rows)
+        fr, t, r = rng(row_fold_count)[:, None, None], rng(window + rows - 1)[None, :, None], rng(rows)
         p, j, line = fr * rows + r, t - r, fr * lf + t + 0 * r
         mask = (j >= 0) & (j < window) & (p < npix)
-        reps, lines_per_rep = cf, rf * lf
+        reps, lines_per_rep = cf, row_fold_count * lf
     elif k.dataflow == "ws":
         # Fold fr: element (pixel p, column c), window j = fr*rows + c, on line rows + p + c.
-        fr, t, c = rng(rf)[:, None, None], rng(npix + rows - 1)[None, :, None], rng(rows)
+        fr, t, c = rng(row_fold_count)[:, None, None], rng(npix + rows - 1)[None, :, None], rng(rows)
         p, j, line = t - c, fr * rows + c, fr * lf + rows + t + 0 * c
         mask = (p >= 0) & (p < npix) & (j < window)
-        reps, lines_per_rep = cf, rf * lf
+        reps, lines_per_rep = cf, row_fold_count * lf
     else:
         # Fold (fc, fr): line i reads window j = fr*rows + rows - 1 - i of pixels fc*cols + c.
-        fc, fr = rng(cf)[:, None, None, None], rng(rf)[None, :, None, None]
+        fc, fr = rng(cf)[:, None, None, None], rng(row_fold_count)[None, :, None, None]
         i, c = rng(rows)[:, None], rng(cols)
-        p, j, line = fc * cols + c, fr * rows + rows - 1 - i, (fc * rf + fr) * lf + i + 0 * c
+        p, j, line = fc * cols + c, fr * rows + rows - 1 - i, (fc * row_fold_count + fr) * lf + i + 0 * c
         mask = (j < window) & (p < npix)
-        reps, lines_per_rep = tf.constant(1, tf.int64), cf * rf * lf
+        reps, lines_per_rep = tf.constant(1, tf.int64), cf * row_fold_count * lf
     idx = tf.where(mask)  # Positions of the requests, in stream order.
     p, j, line = [tf.gather_nd(tf.broadcast_to(x, tf.shape(mask, out_type=tf.int64)), idx)
                   for x in (p, j, line)]
@@ -687,9 +687,9 @@ def _ifmap_epochs_fn(dataflow):
 def _ofmap_line_counts(g, k):
     """Ofmap words written on each demand line of one layer (int64 [total_lines])."""
     rows, cols = k.rows, k.cols
-    rf, cf = g.row_folds[0], g.col_folds[0]
-    fc = tf.repeat(tf.range(cf, dtype=tf.int64), tf.cast(rf, tf.int32))
-    fr = tf.tile(tf.range(rf, dtype=tf.int64), tf.cast(cf[None], tf.int32))
+    row_fold_count, cf = g.row_folds[0], g.col_folds[0]
+    fc = tf.repeat(tf.range(cf, dtype=tf.int64), tf.cast(row_fold_count, tf.int32))
+    fr = tf.tile(tf.range(row_fold_count, dtype=tf.int64), tf.cast(cf[None], tf.int32))
     y = tf.range(g.lines_per_fold[0], dtype=tf.int64)[None, :]
     cu = tf.minimum(g.sc[0] - fc * cols, cols)[:, None]
     if k.dataflow == "os":
