@@ -323,3 +323,38 @@ def test_bad_inputs_are_rejected_clearly():
         model(np.zeros((2, 28, 28, 3), "float32"))
     with pytest.raises(TypeError, match="float"):
         model(np.zeros((2, 32, 32, 3), "uint8"))
+
+
+def test_stem_walk_and_head_are_the_forward_pass():
+    images = tf.random.stateless_normal((3, 32, 32, 3), seed=(1, 2))
+    model = EnergyNet(depth=14, gate_units=4)
+    decisions = np.array([1.0, 0.0, 1.0, 0.0, 1.0], np.float32)
+    want = model.forward(images, gate_override=decisions)["logits"]
+    seen = []
+
+    def decide(index, x):
+        seen.append((index, tuple(x.shape)))
+        return tf.fill((3,), decisions[index])
+
+    got = model.head(model.walk(model.stem(images), decide=decide))
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-6)
+    # One call per gate, in order, each on the input of the block it decides.
+    assert seen == [(i, (3,) + plan.input_hw + (plan.in_channels,)) for i, plan in enumerate(model.plan.gated_blocks)]
+    # Without `decide` every block runs: the baseline's path.
+    all_open = model.forward(images, gate_override=np.ones(5, np.float32))["logits"]
+    np.testing.assert_allclose(model.head(model.walk(model.stem(images))).numpy(), all_open.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_walk_runs_a_gated_block_the_callers_way():
+    images = tf.random.stateless_normal((2, 32, 32, 3), seed=(3, 4))
+    model = EnergyNet(depth=8, gate_units=4)
+    ran = []
+
+    def run(block, x, decision):
+        ran.append((block.name, decision))
+        return block.shortcut(x)
+
+    x = model.walk(model.stem(images), decide=lambda index, x: f"d{index}", run=run)
+    # Block 0 always runs as itself; gated blocks 1 and 2 go through `run`.
+    assert ran == [("block01", "d0"), ("block02", "d1")]
+    assert tuple(x.shape) == (2, 8, 8, 64)
