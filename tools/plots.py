@@ -107,11 +107,11 @@ def plot_skip_ratios(runs, labels, path):
     ax.set_ylabel("test images that skip it (%)")
     ax.set_ylim(0, 102)
     ax.grid(axis="y", alpha=0.3)
-    # Above the axes: inside, the legend hides the bars of the last blocks.
-    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(gated), 4), frameon=False)
-    ax.set_title("Per-block skip ratio on the test split", pad=20)
+    # Right of the axes: inside, the legend hides the bars of the last blocks.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.set_title("Per-block skip ratio on the test split")
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
 
 
