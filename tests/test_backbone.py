@@ -121,9 +121,11 @@ def test_model_energy_table_and_serving_graph_agree_block_for_block(depth):
                for row in lstm.values())
     assert traced == {name: row for name, row in table.items() if name not in lstm}
 
-    # The exported serving graph: the same layers with the same shapes (the
-    # gates are fused constants there), and one skip per gated block.
-    calls, graph = topology.trace_layer_calls(serving.serving_function(model), spec, layers)
+    # The exported serving graph (the batch-1 graph that model.tflite holds by
+    # default; every method runs the same walk): the same layers with the same
+    # shapes (the gates are fused constants there), and one skip per gated block.
+    calls, graph = topology.trace_layer_calls(
+        serving.serving_function(model, "single"), tf.TensorSpec((1,) + image_shape, tf.float32), layers)
     exported = _owned_rows(model, calls)
     assert exported == {name: row for name, row in table.items() if "gate" not in name}
     per_gate, _, _ = model.gate.fused_constants()
