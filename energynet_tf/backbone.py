@@ -123,7 +123,8 @@ def branch_convs(block, filters, strides):
     raise ValueError(f"Argument `block` must be one of {sorted(EXPANSION)}; received: {block!r}")
 
 
-def _same(size, strides):
+def same_size(size, strides):
+    """Output size of a 'same'-padded convolution or pooling with `strides`: ceil(size / strides)."""
     return -(-size // strides)
 
 
@@ -205,9 +206,9 @@ def network_plan(spec, image_shape):
         kernel, strides, pool = 7, 2, True
     else:
         kernel, strides, pool = 3, 1, False
-    conv_hw = (_same(h, strides), _same(w, strides))
+    conv_hw = (same_size(h, strides), same_size(w, strides))
     # The 3x3/2 'same' max pool halves the maps.
-    out_hw = (_same(conv_hw[0], 2), _same(conv_hw[1], 2)) if pool else conv_hw
+    out_hw = (same_size(conv_hw[0], 2), same_size(conv_hw[1], 2)) if pool else conv_hw
     stem = StemPlan(kernel, strides, spec.stem_filters, pool, (h, w), channels, conv_hw, out_hw)
     blocks = []
     hw, channels = out_hw, spec.stem_filters
@@ -215,7 +216,7 @@ def network_plan(spec, image_shape):
         for i in range(stage.blocks):
             strides = stage.strides if i == 0 else 1
             out_channels = stage.filters * EXPANSION[spec.block]
-            out_hw = (_same(hw[0], strides), _same(hw[1], strides))
+            out_hw = (same_size(hw[0], strides), same_size(hw[1], strides))
             index = len(blocks)
             blocks.append(BlockPlan(
                 index=index, gate=index - 1 if index > 0 else None, block=spec.block, filters=stage.filters,

@@ -101,7 +101,7 @@ def network_layers(spec, image_shape, num_classes, gate_units=None):
             row = topology.conv_layer_shape(f"{block.name}_conv{k + 1}", hw, conv.kernel, conv.strides, "same",
                                             channels, conv.filters)
             rows.append((row, group, gate))
-            hw, channels = (-(-hw[0] // conv.strides), -(-hw[1] // conv.strides)), conv.filters
+            hw, channels = (backbone.same_size(hw[0], conv.strides), backbone.same_size(hw[1], conv.strides)), conv.filters
         if block.projection:
             # The projection shortcut always runs, even when the block is skipped.
             rows.append((topology.conv_layer_shape(f"{block.name}_shortcut", block.input_hw, 1, block.strides,
