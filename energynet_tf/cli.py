@@ -48,6 +48,10 @@ def run_tool(run, argv):
 
     logging.set_verbosity(logging.WARNING)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    # A tool started in the background by a non-interactive shell (`cmd &`,
+    # nohup) inherits SIGINT ignored, and `kill -INT` would silently do
+    # nothing; the tool promises that SIGINT stops it cleanly, so it says so.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         reject_arguments(argv)
         run()
