@@ -14,15 +14,6 @@ from energynet_tf import metrics as metrics_lib
 from energynet_tf.schedule import PhaseSchedule  # noqa: F401 - the schedule AlphaPhases drives
 
 
-def cosine_lr(base_lr, progress, warmup=0.0):
-    """Cosine decay from `base_lr` to 0 over `progress` in [0, 1], after linear warm-up."""
-    if warmup > 0 and progress < warmup:
-        return base_lr * (progress / warmup)
-    if warmup > 0:
-        progress = (progress - warmup) / (1.0 - warmup)
-    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
-
-
 class AlphaPhases(keras.callbacks.Callback):
     """Drives `model.alpha` and the learning rate through the three phases.
 
@@ -100,13 +91,10 @@ class AlphaPhases(keras.callbacks.Callback):
         self._set_lr(self._epoch, batch + self.batch_offset)
 
     def _set_lr(self, epoch, batch):
-        length = max(self.schedule.length(self.phase), 1)
-        progress = ((epoch - self.phase_start_epoch) + batch / self.steps_per_epoch) / length
-        warmup = self.schedule.warmup_epochs / length if self.phase == 1 else 0.0
-        lr = cosine_lr(self.schedule.base_lr(self.phase), progress, min(warmup, 1.0))
+        into_phase = (epoch - self.phase_start_epoch) + batch / self.steps_per_epoch
+        lr = self.schedule.learning_rate(self.phase, into_phase, epoch + batch / self.steps_per_epoch)
         self.model.optimizer.learning_rate.assign(lr)
         self._lr = lr
-        into_phase = (epoch - self.phase_start_epoch) + batch / self.steps_per_epoch
         self.model.alpha.assign(self.schedule.alpha(self.phase, into_phase))
 
     def on_epoch_end(self, epoch, logs=None):

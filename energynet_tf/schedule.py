@@ -27,6 +27,14 @@ class PhaseSchedule:
     freezes the gates: phase III then retrains the backbone under the skip
     pattern phase II chose, instead of letting alpha 0.1 reopen blocks).
 
+    With `cosine_epochs` > 0 the learning rate does not restart at the
+    phases: it follows one cosine from `lr1` to 0 over `cosine_epochs`
+    epochs, of which the run's first epoch is number `cosine_start_epoch`
+    (so a run started from epoch 7 of a 15-epoch baseline, with
+    `cosine_start_epoch=7` and `cosine_epochs=15`, continues the baseline's
+    own decay). The phases then change alpha and the gates' multiplier only;
+    `lr2` and `lr3` are unused.
+
     The phase III test: phase III runs if the drop from phase I's to phase
     II's validation accuracy, in points, exceeds `restore_threshold` plus
     `restore_z` standard errors of the difference of two accuracies measured
@@ -54,10 +62,12 @@ class PhaseSchedule:
     alpha_ramp_epochs: int = 0
     restore_z: float = 0.0
     phase3_gate_lr_multiplier: float = None
+    cosine_epochs: int = 0
+    cosine_start_epoch: int = 0
 
     def __post_init__(self):
         for name in ("phase1_epochs", "phase2_epochs", "phase3_epochs", "warmup_epochs", "gate_warmup_epochs",
-                     "alpha_ramp_epochs"):
+                     "alpha_ramp_epochs", "cosine_epochs", "cosine_start_epoch"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"PhaseSchedule.{name} must be an int >= 0; received: {value!r}")
@@ -73,6 +83,10 @@ class PhaseSchedule:
                                   or not math.isfinite(value) or value < 0):
             raise ValueError(
                 f"PhaseSchedule.phase3_gate_lr_multiplier must be a finite number >= 0 or None; received: {value!r}")
+        if self.cosine_epochs and self.cosine_start_epoch >= self.cosine_epochs:
+            raise ValueError(
+                f"PhaseSchedule.cosine_start_epoch must be below cosine_epochs={self.cosine_epochs}; "
+                f"received: {self.cosine_start_epoch}")
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
             raise ValueError(
                 f"PhaseSchedule.target_accuracy must be in (0, 1] or None; received: {self.target_accuracy!r}"
@@ -96,8 +110,33 @@ class PhaseSchedule:
             return self.phase3_gate_lr_multiplier
         return self.gate_lr_multiplier
 
-    def base_lr(self, phase):
-        return {1: self.lr1, 2: self.lr2, 3: self.lr3}[phase]
+    def learning_rate(self, phase, epochs_into_phase, epochs_into_run):
+        """The learning rate at a point of training.
 
-    def length(self, phase):
-        return {1: self.phase1_epochs, 2: self.phase2_epochs, 3: self.phase3_epochs}[phase]
+        Args:
+            phase: 1, 2 or 3.
+            epochs_into_phase: epochs (float, fractions for steps) since the
+                phase began.
+            epochs_into_run: epochs (float) since this run's first epoch.
+
+        Returns:
+            The phase's own cosine from `lr1`, `lr2` or `lr3` (after phase
+            I's linear warm-up), or, with `cosine_epochs` > 0, the one cosine
+            across phases.
+        """
+        if self.cosine_epochs:
+            progress = (self.cosine_start_epoch + epochs_into_run) / self.cosine_epochs
+            warmup = min(self.warmup_epochs / self.cosine_epochs, 1.0)
+            return cosine_lr(self.lr1, progress, warmup)
+        length = max({1: self.phase1_epochs, 2: self.phase2_epochs, 3: self.phase3_epochs}[phase], 1)
+        warmup = min(self.warmup_epochs / length, 1.0) if phase == 1 else 0.0
+        return cosine_lr({1: self.lr1, 2: self.lr2, 3: self.lr3}[phase], epochs_into_phase / length, warmup)
+
+
+def cosine_lr(base_lr, progress, warmup=0.0):
+    """Cosine decay from `base_lr` to 0 over `progress` in [0, 1], after linear warm-up."""
+    if warmup > 0 and progress < warmup:
+        return base_lr * (progress / warmup)
+    if warmup > 0:
+        progress = (progress - warmup) / (1.0 - warmup)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))

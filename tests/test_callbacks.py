@@ -87,6 +87,28 @@ def test_learning_rate_is_cosine_within_each_phase():
     np.testing.assert_allclose(lrs, expected, rtol=1e-6)
 
 
+def test_one_cosine_across_phases_continues_the_baselines_decay():
+    # A run started at epoch 2 of a 5-epoch cosine: phases of 1/1/1 epochs,
+    # phase II ends with a loss, so phase III runs; no phase restarts the LR.
+    schedule = _schedule(phase1_epochs=1, phase2_epochs=1, phase3_epochs=1, restore_threshold=0.0,
+                         cosine_epochs=5, cosine_start_epoch=2)
+    cb = callbacks.AlphaPhases(schedule, steps_per_epoch=4, verbose=False)
+    model = _FakeModel()
+    cb.set_model(model)
+    lrs, phases = [], []
+    for epoch, accuracy in enumerate([0.9, 0.8, 0.8]):
+        cb.on_epoch_begin(epoch)
+        for batch in range(4):
+            cb.on_train_batch_begin(batch)
+            lrs.append(float(model.optimizer.learning_rate.numpy()))
+        logs = {"val_accuracy": accuracy}
+        cb.on_epoch_end(epoch, logs)
+        phases.append(logs["phase"])
+    assert phases == [1, 2, 3] and model.stop_training
+    baseline = [0.1 * 0.5 * (1 + math.cos(math.pi * s / 20)) for s in range(20)]
+    np.testing.assert_allclose(lrs, baseline[8:], rtol=1e-6)
+
+
 def test_state_round_trip_resumes_in_the_right_phase():
     first = callbacks.AlphaPhases(_schedule(), steps_per_epoch=2, verbose=False)
     _drive(first, [0.8, 0.9, 0.7])
@@ -113,6 +135,8 @@ def test_constant_schedule_for_baselines():
     ({"lr1": float("nan")}, "lr1"),
     ({"target_accuracy": 90.0}, "target_accuracy"),
     ({"phase3_epochs": -2}, "phase3_epochs"),
+    ({"cosine_epochs": 5, "cosine_start_epoch": 5}, "cosine_start_epoch"),
+    ({"cosine_epochs": 1.5}, "cosine_epochs"),
 ])
 def test_bad_schedules(kwargs, needle):
     with pytest.raises(ValueError, match=needle):

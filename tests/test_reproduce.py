@@ -157,7 +157,12 @@ def test_overrides_are_typed():
     assert "--nozero_init_residual" in ablation.baseline_flags()
     assert "--decoupled_weight_decay=0.0001" in ablation.baseline_flags()
     assert "--phase3_gate_lr_multiplier=0.0" in ablation.energynet_flags("b.keras")
+    continued = reproduce.parse_overrides(reproduce.PRESETS["cpu"], "lr_restarts=false").energynet_flags("b.keras")
+    # EnergyNet continues the baseline's cosine (peak lr, 15 epochs, from epoch 7) instead of restarting it.
+    assert {"--lr1=0.1", "--cosine_epochs=15", "--cosine_start_epoch=7"} <= set(continued)
+    assert not any(f.startswith(("--lr2", "--lr3")) for f in continued)
     default = reproduce.PRESETS["cpu"]
+    assert not any("cosine" in f for f in default.energynet_flags("b.keras"))
     assert "--zero_init_residual" in default.baseline_flags()
     assert not any("decoupled" in f or "phase3_gate" in f for f in default.energynet_flags("b.keras"))
 
@@ -166,7 +171,7 @@ def test_stored_configurations_without_newer_fields_still_match():
     import dataclasses
 
     stored = dataclasses.asdict(reproduce.PRESETS["cpu"])
-    for added in ("zero_init_residual", "decoupled_weight_decay", "phase3_gate_lr_multiplier"):
+    for added in ("zero_init_residual", "decoupled_weight_decay", "phase3_gate_lr_multiplier", "lr_restarts"):
         del stored[added]
     assert reproduce._with_defaults(stored) == dataclasses.asdict(reproduce.PRESETS["cpu"])
 

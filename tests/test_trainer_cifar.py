@@ -139,6 +139,7 @@ def test_missing_data_fails_fast_and_writes_nothing(tmp_path):
     ("--target_accuracy=92", "--target_accuracy=92"),
     ("--phase3_gate_lr_multiplier=-1", "--phase3_gate_lr_multiplier=-1"),
     ("--decoupled_weight_decay=-1", "--decoupled_weight_decay=-1"),
+    ("--cosine_start_epoch=-1", "--cosine_start_epoch=-1"),
 ])
 def test_bad_flags_exit_2_with_one_line(flag, needle, tmp_path, fake_data_dir):
     model_dir = tmp_path / "m"

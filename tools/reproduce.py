@@ -67,6 +67,10 @@ class Preset:
             gamma at zero.
         phase3_gate_lr_multiplier: the gates' learning rate over the
             backbone's in phase III (None: `gate_lr_multiplier`; 0 freezes them).
+        lr_restarts: EnergyNet's learning rate restarts at each phase (`lr1`,
+            `lr2`, `lr3`, cosine within each); false: it continues the
+            baseline's cosine from `branch_epoch` to `epochs` across the
+            phases (`lr1`-`lr3` unused).
         batch_size: training batch size.
         seed: seed of both arms.
         max_train_examples: train on the first N training examples (None: all).
@@ -96,6 +100,7 @@ class Preset:
     decoupled_weight_decay: float = 0.0
     zero_init_residual: bool = True
     phase3_gate_lr_multiplier: float = None
+    lr_restarts: bool = True
     batch_size: int = 128
     seed: int = 0
     max_train_examples: int = None
@@ -141,7 +146,9 @@ class Preset:
             f"--phase1_epochs={self.phase1_epochs}", f"--phase2_epochs={self.phase2_epochs}",
             f"--phase3_epochs={self.phase3_epochs}",
             f"--alpha1={self.alpha1}", f"--alpha2={self.alpha2}", f"--alpha3={self.alpha3}",
-            f"--lr1={self.lr1}", f"--lr2={self.lr2}", f"--lr3={self.lr3}",
+        ] + ([f"--lr1={self.lr1}", f"--lr2={self.lr2}", f"--lr3={self.lr3}"] if self.lr_restarts else [
+            f"--lr1={self.lr}", f"--cosine_epochs={self.epochs}", f"--cosine_start_epoch={self.branch_epoch}",
+        ]) + [
             f"--gate_lr_multiplier={self.gate_lr_multiplier}", f"--gate_noise={self.gate_noise}",
             f"--energy_term={self.energy_term}",
             f"--alpha_ramp_epochs={self.alpha_ramp_epochs}",

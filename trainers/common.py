@@ -35,6 +35,8 @@ def define_flags(default_depth, default_batch_size=128):
     flags.DEFINE_float("lr1", 0.1, "Peak learning rate of phase I (and of a baseline); cosine decay within each phase.")
     flags.DEFINE_float("lr2", 0.01, "Learning rate at the start of phase II.")
     flags.DEFINE_float("lr3", 0.001, "Learning rate at the start of phase III.")
+    flags.DEFINE_integer("cosine_epochs", 0, "0: the learning rate restarts at each phase (--lr1/--lr2/--lr3, cosine within each). N > 0: one cosine from --lr1 to 0 over N epochs across the phases, the run's first epoch being --cosine_start_epoch (e.g. continue the decay of the baseline run --init_from was taken from).")
+    flags.DEFINE_integer("cosine_start_epoch", 0, "With --cosine_epochs: the epoch of the one cosine at which this run starts (the --init_from checkpoint's epoch).")
     flags.DEFINE_integer("warmup_epochs", 0, "Linear learning-rate warm-up epochs at the start of phase I.")
     flags.DEFINE_integer("gate_warmup_epochs", 0, "First epochs of phase I in which every block runs in training whatever its gate decides (the gates still learn).")
     flags.DEFINE_float("restore_threshold", 0.1, "Phase III runs if phase II lost more than this many points of validation accuracy.")
