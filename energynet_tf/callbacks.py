@@ -193,10 +193,12 @@ class ConstantSchedule(AlphaPhases):
     ("Constant" is alpha: the learning rate follows the cosine schedule of phase I.)
     """
 
-    def __init__(self, epochs, lr, steps_per_epoch, warmup_epochs=0, **kwargs):
+    def __init__(self, epochs, lr, steps_per_epoch, warmup_epochs=0, cosine_epochs=0, cosine_start_epoch=0,
+                 **kwargs):
         schedule = PhaseSchedule(
             phase1_epochs=epochs, phase2_epochs=0, phase3_epochs=0,
             alpha1=0.0, lr1=lr, warmup_epochs=warmup_epochs,
+            cosine_epochs=cosine_epochs, cosine_start_epoch=cosine_start_epoch,
         )
         super().__init__(schedule, steps_per_epoch, **kwargs)
 

@@ -33,7 +33,9 @@ class PhaseSchedule:
     (so a run started from epoch 7 of a 15-epoch baseline, with
     `cosine_start_epoch=7` and `cosine_epochs=15`, continues the baseline's
     own decay). The phases then change alpha and the gates' multiplier only;
-    `lr2` and `lr3` are unused.
+    `lr2` and `lr3` are unused. The phase III test then compares phase I's
+    validation accuracy, taken mid-decay, with phase II's, taken at a lower
+    learning rate (BUILD.md, "the no-restart arm").
 
     The phase III test: phase III runs if the drop from phase I's to phase
     II's validation accuracy, in points, exceeds `restore_threshold` plus

@@ -317,7 +317,8 @@ def train_and_evaluate(
     if model.baseline:
         phases = callbacks_lib.ConstantSchedule(
             schedule.phase1_epochs, schedule.lr1, steps_per_epoch,
-            warmup_epochs=schedule.warmup_epochs, verbose=verbose)
+            warmup_epochs=schedule.warmup_epochs, cosine_epochs=schedule.cosine_epochs,
+            cosine_start_epoch=schedule.cosine_start_epoch, verbose=verbose)
     else:
         # Tiny ImageNet's claim is top-5: its phases are decided on top-5 accuracy.
         phases = callbacks_lib.AlphaPhases(

@@ -109,6 +109,21 @@ def test_one_cosine_across_phases_continues_the_baselines_decay():
     np.testing.assert_allclose(lrs, baseline[8:], rtol=1e-6)
 
 
+def test_a_baseline_can_continue_a_cosine_too():
+    cb = callbacks.ConstantSchedule(epochs=2, lr=0.1, steps_per_epoch=2, cosine_epochs=4, cosine_start_epoch=2,
+                                    verbose=False)
+    model = _FakeModel()
+    cb.set_model(model)
+    lrs = []
+    for epoch in range(2):
+        cb.on_epoch_begin(epoch)
+        for batch in range(2):
+            cb.on_train_batch_begin(batch)
+            lrs.append(float(model.optimizer.learning_rate.numpy()))
+        cb.on_epoch_end(epoch, {"val_accuracy": 0.5})
+    np.testing.assert_allclose(lrs, [0.1 * 0.5 * (1 + math.cos(math.pi * s / 8)) for s in range(4, 8)], rtol=1e-6)
+
+
 def test_state_round_trip_resumes_in_the_right_phase():
     first = callbacks.AlphaPhases(_schedule(), steps_per_epoch=2, verbose=False)
     _drive(first, [0.8, 0.9, 0.7])
