@@ -71,17 +71,25 @@ def test_phase1_ends_at_target_accuracy():
     assert cb.phases[0]["ended_because"] == "target accuracy reached"
 
 
+def _lr_per_step(callback, accuracies, steps):
+    """Runs one epoch per validation accuracy; returns the LR of every step, each epoch's phase and the model."""
+    model = _FakeModel()
+    callback.set_model(model)
+    lrs, phases = [], []
+    for epoch, accuracy in enumerate(accuracies):
+        callback.on_epoch_begin(epoch)
+        for batch in range(steps):
+            callback.on_train_batch_begin(batch)
+            lrs.append(float(model.optimizer.learning_rate.numpy()))
+        logs = {"val_accuracy": accuracy}
+        callback.on_epoch_end(epoch, logs)
+        phases.append(logs["phase"])
+    return lrs, phases, model
+
+
 def test_learning_rate_is_cosine_within_each_phase():
     cb = callbacks.AlphaPhases(_schedule(phase1_epochs=2, phase2_epochs=1, phase3_epochs=0), steps_per_epoch=4, verbose=False)
-    model = _FakeModel()
-    cb.set_model(model)
-    lrs = []
-    for epoch in range(3):
-        cb.on_epoch_begin(epoch)
-        for batch in range(4):
-            cb.on_train_batch_begin(batch)
-            lrs.append(float(model.optimizer.learning_rate.numpy()))
-        cb.on_epoch_end(epoch, {"val_accuracy": 0.5})
+    lrs, _, _ = _lr_per_step(cb, [0.5] * 3, steps=4)
     expected = [0.1 * 0.5 * (1 + math.cos(math.pi * s / 8)) for s in range(8)]
     expected += [0.01 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(4)]
     np.testing.assert_allclose(lrs, expected, rtol=1e-6)
@@ -93,17 +101,7 @@ def test_one_cosine_across_phases_continues_the_baselines_decay():
     schedule = _schedule(phase1_epochs=1, phase2_epochs=1, phase3_epochs=1, restore_threshold=0.0,
                          cosine_epochs=5, cosine_start_epoch=2)
     cb = callbacks.AlphaPhases(schedule, steps_per_epoch=4, verbose=False)
-    model = _FakeModel()
-    cb.set_model(model)
-    lrs, phases = [], []
-    for epoch, accuracy in enumerate([0.9, 0.8, 0.8]):
-        cb.on_epoch_begin(epoch)
-        for batch in range(4):
-            cb.on_train_batch_begin(batch)
-            lrs.append(float(model.optimizer.learning_rate.numpy()))
-        logs = {"val_accuracy": accuracy}
-        cb.on_epoch_end(epoch, logs)
-        phases.append(logs["phase"])
+    lrs, phases, model = _lr_per_step(cb, [0.9, 0.8, 0.8], steps=4)
     assert phases == [1, 2, 3] and model.stop_training
     baseline = [0.1 * 0.5 * (1 + math.cos(math.pi * s / 20)) for s in range(20)]
     np.testing.assert_allclose(lrs, baseline[8:], rtol=1e-6)
@@ -112,15 +110,7 @@ def test_one_cosine_across_phases_continues_the_baselines_decay():
 def test_a_baseline_can_continue_a_cosine_too():
     cb = callbacks.ConstantSchedule(epochs=2, lr=0.1, steps_per_epoch=2, cosine_epochs=4, cosine_start_epoch=2,
                                     verbose=False)
-    model = _FakeModel()
-    cb.set_model(model)
-    lrs = []
-    for epoch in range(2):
-        cb.on_epoch_begin(epoch)
-        for batch in range(2):
-            cb.on_train_batch_begin(batch)
-            lrs.append(float(model.optimizer.learning_rate.numpy()))
-        cb.on_epoch_end(epoch, {"val_accuracy": 0.5})
+    lrs, _, _ = _lr_per_step(cb, [0.5] * 2, steps=2)
     np.testing.assert_allclose(lrs, [0.1 * 0.5 * (1 + math.cos(math.pi * s / 8)) for s in range(4, 8)], rtol=1e-6)
 
 
