@@ -59,3 +59,23 @@ def test_ctrl_c_in_a_terminal_reaches_the_trainer_once(tmp_path):
     assert "interrupted (SIGINT)" in err
     # One signal, the tool's SIGTERM: the trainer saved its step and exited by itself.
     assert record.read_text().split() == ["SIGTERM"]
+
+
+def test_a_tool_that_stops_with_an_error_leaves_no_holder_in_its_lock(tmp_path):
+    out = tmp_path / "out"
+    script = textwrap.dedent("""
+        import sys
+        from energynet_tf import cli
+        from tools import runs
+        def run():
+            runs.lock_directory(sys.argv[1])
+            raise cli.UsageError("bad input, found after the lock was taken")
+        cli.run_tool(run, [sys.argv[0]])
+    """)
+    for _ in range(2):
+        result = subprocess.run([sys.executable, "-c", script, str(out)], cwd=REPO, env=tool_env(),
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr[-2000:]
+        # The second run finds the lock free and unnamed: no "took over the lock" note.
+        assert "took over" not in result.stderr
+    assert (out / ".lock").read_text() == ""

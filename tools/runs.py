@@ -4,6 +4,7 @@ Each run is a normal trainer run directory: rerunning a tool resumes an
 interrupted run from its checkpoints and does not rerun a finished one.
 """
 
+import atexit
 import json
 import os
 import subprocess
@@ -229,11 +230,11 @@ def lock_directory(directory, name=".lock", holder=None):
         raise UsageError(str(e)) from None
     if note:
         print(note, file=sys.stderr, flush=True)
-    _HELD.append(lock)  # released when the process ends
+    # Released at any exit Python sees (success, an error, Ctrl-C, SIGTERM),
+    # so the file stops naming this process; only a process that really died
+    # (SIGKILL) leaves its name for the next run's take-over note.
+    atexit.register(lock.release)
     return lock
-
-
-_HELD = []
 
 
 def previous_config(state_path):
