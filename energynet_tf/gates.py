@@ -208,8 +208,8 @@ class RNNGate(keras.layers.Layer):
         return config
 
 
-def straight_through(probability, training, floor=None, noise=None, seed=None, uniform=None):
-    """Returns the hard decision `probability > 0.5` as float.
+def straight_through(probability, training, floor=None, noise=None, seed=None, uniform=None, threshold=None):
+    """Returns the hard decision `probability > 0.5` (or `> threshold` at inference) as float.
 
     In training the value is the hard decision but its gradient is that of
     `probability` (straight-through estimator: `hard + p - stop_gradient(p)`).
@@ -222,7 +222,7 @@ def straight_through(probability, training, floor=None, noise=None, seed=None, u
     cross-entropy's straight-through gradient cancel, which is p = 0.5 itself
     (measured: mean |p - 0.5| = 0.001 on every gate), so inference decisions
     flip on noise; sampled decisions make the network robust to skipping and
-    move each p towards 0 or 1. Inference always uses `p > 0.5`.
+    move each p towards 0 or 1. Inference is deterministic: `p > threshold`.
 
     Args:
         probability: gate probabilities, any shape.
@@ -233,6 +233,9 @@ def straight_through(probability, training, floor=None, noise=None, seed=None, u
         seed: a `keras.random.SeedGenerator` for the noise.
         uniform: None, or uniform (0, 1) samples shaped like `probability`
             to make the noise from (instead of drawing them with `seed`).
+        threshold: None (0.5) or, at inference only, the probability above
+            which a block runs (a scalar, Python or tensor): an operating
+            point chosen at deployment. Training always decides at 0.5.
 
     Returns:
         A float tensor of 0s and 1s, shaped like `probability`.
@@ -247,7 +250,8 @@ def straight_through(probability, training, floor=None, noise=None, seed=None, u
         logistic = ops.log(u) - ops.log(1.0 - u)
         logit = ops.log(p) - ops.log(1.0 - p)
         soft = ops.sigmoid(logit + ops.cast(noise, p.dtype) * logistic)
-    hard = ops.cast(ops.greater(soft, 0.5), probability.dtype)
+    cut = 0.5 if training or threshold is None else ops.cast(threshold, probability.dtype)
+    hard = ops.cast(ops.greater(soft, cut), probability.dtype)
     if floor is not None:
         hard = ops.maximum(hard, ops.cast(floor, probability.dtype))
     if training:

@@ -34,6 +34,30 @@ def atomic_write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def atomic_write_npz(path, arrays):
+    """Writes a dict of numpy arrays to `path` (an uncompressed `.npz`) atomically."""
+    import io
+
+    import numpy as np
+
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        os.chmod(tmp, 0o644)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def atomic_save_model(model, path):
     """Saves a Keras model to `path` (a `.keras` file) atomically."""
     directory = os.path.dirname(os.path.abspath(path))

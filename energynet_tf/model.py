@@ -78,10 +78,18 @@ class EnergyNet(keras.Model):
             have the same gradient for deterministic gates; with `gate_noise`
             only "decisions" weighs the energy and the cross-entropy through
             the same noisy sigmoid (with "expected", sampled gates open fully).
+        removed_blocks: gated blocks (numbered from 1, as the gates: block
+            b is decided by gate b - 1) that a `baseline` network never runs:
+            each outputs its shortcut (the projection where the shape
+            changes), exactly as a closed gate. A plain network of a fixed
+            skip pattern (e.g. the one a trained EnergyNet learned), trained
+            from scratch; its energy counts only the blocks it runs, against
+            the same E_total as the full network.
         **kwargs: base model arguments (`name`, ...).
 
     Raises:
-        ValueError: for an unsupported depth, a bad shape or a negative alpha.
+        ValueError: for an unsupported depth, a bad shape, a negative alpha
+            or bad `removed_blocks`.
     """
 
     def __init__(
@@ -100,6 +108,7 @@ class EnergyNet(keras.Model):
         gate_lr_multiplier=1.0,
         gate_noise=0.0,
         energy_term="expected",
+        removed_blocks=(),
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -146,6 +155,7 @@ class EnergyNet(keras.Model):
             costs=self.energy_costs,
         )
         self.num_gates = self.spec.num_blocks - 1
+        self.removed_blocks = self._check_removed_blocks(removed_blocks)
         self._build_layers()
         self.alpha = self.add_weight(
             name="alpha",
@@ -185,6 +195,34 @@ class EnergyNet(keras.Model):
         self.build((None,) + image_shape)
 
     # -- construction -------------------------------------------------------
+    def _check_removed_blocks(self, removed_blocks):
+        if isinstance(removed_blocks, (str, bytes)) or not hasattr(removed_blocks, "__iter__"):
+            raise ValueError(f"Argument `removed_blocks` must be a list of gated block numbers; "
+                             f"received: {removed_blocks!r}")
+        removed = []
+        for b in removed_blocks:
+            if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 1 <= b <= self.num_gates:
+                raise ValueError(f"Argument `removed_blocks` must hold gated block numbers in [1, {self.num_gates}] "
+                                 f"(block 0 always runs); received: {list(removed_blocks)!r}")
+            removed.append(int(b))
+        if len(set(removed)) != len(removed):
+            raise ValueError(f"Argument `removed_blocks` repeats a block; received: {list(removed_blocks)!r}")
+        if removed and not self.baseline:
+            raise ValueError("Argument `removed_blocks` is for a plain network (`baseline=True`): a gated "
+                             "network's gates decide which blocks run")
+        return tuple(sorted(removed))
+
+    def fixed_decisions(self):
+        """A baseline's decisions, the same for every image: 1 per gated block, 0 where removed.
+
+        Returns:
+            A float32 numpy array of shape `(num_gates,)`.
+        """
+        decisions = np.ones((self.num_gates,), np.float32)
+        for b in self.removed_blocks:
+            decisions[b - 1] = 0.0
+        return decisions
+
     def _build_layers(self):
         # Every layer comes from the one walk of the stage table
         # (`backbone.network_plan`), which the energy table counts too.
@@ -205,6 +243,11 @@ class EnergyNet(keras.Model):
         if not self.baseline and self.num_gates > 0:
             self.gate = gates_lib.RNNGate(
                 self.num_gates, self.gate_units, self.gate_bias_init, name="gate")
+        for b in self.removed_blocks:
+            # The residual branch never runs: its weights are not trained (nor
+            # counted as trainable); a projection shortcut still runs.
+            for layer in self.res_blocks[b].residual_convs + self.res_blocks[b].residual_bns:
+                layer.trainable = False
         self.head_pool = keras.layers.GlobalAveragePooling2D(name="head_pool")
         self.classifier = keras.layers.Dense(self.num_classes, name="classifier")
 
@@ -255,6 +298,9 @@ class EnergyNet(keras.Model):
             The last block's output.
         """
         for plan, block in zip(self.plan.blocks, self.res_blocks):
+            if plan.gate is not None and plan.gate + 1 in self.removed_blocks:
+                x = block.shortcut(x, training=training)
+                continue
             if plan.gate is None or decide is None:
                 x = block(x, training=training)
                 continue
@@ -283,7 +329,7 @@ class EnergyNet(keras.Model):
                 f"received shape {shape}"
             )
 
-    def forward(self, inputs, training=False, gate_override=None, gate_uniform=None):
+    def forward(self, inputs, training=False, gate_override=None, gate_uniform=None, threshold=None):
         """Runs the network and returns logits with the gates' decisions.
 
         Args:
@@ -296,6 +342,10 @@ class EnergyNet(keras.Model):
                 for the training noise of the gates (`train_step` draws them
                 from the optimizer's step count, so a resumed run draws the
                 same noise); None draws from the model's seed generator.
+            threshold: None (0.5) or the probability above which a gated
+                block runs at inference, in (0, 1): an operating point chosen
+                at deployment (lower runs more blocks). A Python number or a
+                scalar tensor; training always decides at 0.5.
 
         Returns:
             A dict with `logits` `(batch, num_classes)`, `probabilities` (gate
@@ -304,6 +354,10 @@ class EnergyNet(keras.Model):
             (the hard 0/1 decisions, no gradient).
         """
         self._check_inputs(inputs)
+        if threshold is not None and isinstance(threshold, (int, float, np.number)):
+            from energynet_tf import evaluation
+
+            evaluation.check_threshold(threshold)
         x = self.stem(inputs, training=training)
         batch = ops.shape(inputs)[0]
         probabilities, masks = [], []
@@ -321,7 +375,8 @@ class EnergyNet(keras.Model):
                 m = gates_lib.straight_through(
                     p, training, floor=self.gates_forced_open if training else None,
                     noise=self.gate_noise if training else None, seed=self._noise_seed,
-                    uniform=None if gate_uniform is None else gate_uniform[:, index])
+                    uniform=None if gate_uniform is None else gate_uniform[:, index],
+                    threshold=None if training else threshold)
             probabilities.append(p)
             masks.append(m)
             return m
@@ -332,9 +387,10 @@ class EnergyNet(keras.Model):
             probabilities = ops.stack(probabilities, axis=1)
             masks = ops.stack(masks, axis=1)
         else:
-            # A baseline: every block runs.
-            probabilities = ops.ones((batch, self.num_gates), dtype=logits.dtype)
-            masks = ops.ones((batch, self.num_gates), dtype=logits.dtype)
+            # A baseline: every block runs (but the removed ones).
+            fixed = ops.convert_to_tensor(self.fixed_decisions(), dtype=logits.dtype)
+            probabilities = ops.broadcast_to(fixed[None, :], (batch, self.num_gates))
+            masks = probabilities
         decisions = ops.stop_gradient(ops.cast(ops.greater(masks, 0.5), logits.dtype))
         return {
             "logits": logits,
@@ -476,6 +532,7 @@ class EnergyNet(keras.Model):
                     float(self.gate_lr_multiplier.numpy()) if hasattr(self, "gate_lr_multiplier") else 1.0),
                 "gate_noise": float(self.gate_noise.numpy()) if hasattr(self, "gate_noise") else 0.0,
                 "energy_term": self.energy_term,
+                "removed_blocks": list(self.removed_blocks),
             }
         )
         return config

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from energynet_tf import callbacks as callbacks_lib
 from energynet_tf import distribute
+from energynet_tf import evaluation
 from energynet_tf import io_utils
 from energynet_tf import metrics as metrics_lib
 
@@ -217,11 +218,22 @@ def compile_model(model, optimizer, top5=False):
     )
 
 
-def evaluation_metrics(model, dataset, top5=False, multi_worker=None):
+def evaluation_metrics(model, dataset, top5=False, multi_worker=None, per_image_path=None):
     """Evaluates a compiled `EnergyNet` on `dataset`; returns the `test_*` and savings numbers of `metrics.json`.
 
-    `multi_worker` is a `distribute.MultiWorkerTrainer` under
-    MultiWorkerMirroredStrategy (whose `evaluate()` Keras cannot run).
+    Besides the means, every image's decisions are kept and summarised
+    (`evaluation.summarise`: `per_image_energy`, `distinct_paths`,
+    `selective_blocks`, `savings_by_class`, `skip_ratio_by_class`,
+    `gate_logits`).
+
+    Args:
+        model: a compiled `EnergyNet`.
+        dataset: batches of `(images, labels)`.
+        top5: also report top-5 accuracy.
+        multi_worker: a `distribute.MultiWorkerTrainer` under
+            MultiWorkerMirroredStrategy (whose `evaluate()` Keras cannot run).
+        per_image_path: None, or an `.npz` file to write the per-image arrays
+            to (`labels`, `predictions`, `decisions`, `gate_logits`, `energy`).
     """
     if multi_worker is not None:
         test = multi_worker.evaluate(dataset)
@@ -239,6 +251,10 @@ def evaluation_metrics(model, dataset, top5=False, multi_worker=None):
     }
     if top5:
         out["test_top5_accuracy"] = float(test["top5_accuracy"])
+    summary, arrays = evaluation.evaluate(model, dataset)
+    out.update({key: summary[key] for key in evaluation.SUMMARY_KEYS if key in summary})
+    if per_image_path is not None:
+        io_utils.atomic_write_npz(per_image_path, arrays)
     return out
 
 
@@ -442,7 +458,8 @@ def train_and_evaluate(
         "baseline": bool(model.baseline),
     }
     if evaluate_test:
-        metrics.update(evaluation_metrics(model, data.test, top5=top5, multi_worker=trainer))
+        metrics.update(evaluation_metrics(model, data.test, top5=top5, multi_worker=trainer,
+                                          per_image_path=os.path.join(model_dir, "per_image.npz")))
     if history:
         last = history[-1]
         for key in ("val_accuracy", "val_energy_savings", "val_block_energy_savings", "val_mac_savings",

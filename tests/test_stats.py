@@ -38,3 +38,30 @@ def test_pareto_front_keeps_the_undominated_points_sorted_by_x():
     points = [(0.1, 0.9), (0.5, 0.8), (0.05, 0.85), (0.5, 0.7), (0.7, 0.6), (0.7, 0.6)]
     # (0.05, 0.85) is dominated by (0.1, 0.9); (0.5, 0.7) by (0.5, 0.8); equal points are both kept.
     assert stats.pareto_front(points) == [0, 1, 4, 5]
+
+
+def test_static_gap_interpolates_linearly_between_the_neighbours():
+    front = [(0.3, 0.80), (0.6, 0.86), (1.0, 0.88)]
+    gap = stats.static_gap_points(front, energy=0.45, accuracy=0.84)
+    # Halfway between 0.80 and 0.86: 0.83, so +1.00 point.
+    assert gap["within_front"]
+    assert gap["front_accuracy"] == pytest.approx(0.83)
+    assert gap["gap_points"] == pytest.approx(1.0)
+    below = stats.static_gap_points(list(reversed(front)), energy=0.8, accuracy=0.85)
+    assert below["gap_points"] == pytest.approx(-2.0)  # the front gives 0.87 at 0.8
+    at_point = stats.static_gap_points(front, energy=0.6, accuracy=0.86)
+    assert at_point["gap_points"] == pytest.approx(0.0)
+
+
+def test_static_gap_outside_the_front_is_reported_not_extrapolated():
+    front = [(0.3, 0.80), (0.6, 0.86)]
+    for energy in (0.2, 0.7):
+        gap = stats.static_gap_points(front, energy=energy, accuracy=0.9)
+        assert gap["gap_points"] is None and gap["front_accuracy"] is None
+        assert not gap["within_front"]
+        assert "outside" in gap["note"]
+
+
+def test_static_gap_needs_two_energies():
+    with pytest.raises(ValueError, match="two networks"):
+        stats.static_gap_points([(0.5, 0.8), (0.5, 0.82)], energy=0.5, accuracy=0.8)

@@ -103,3 +103,39 @@ def pareto_front(points):
         if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: points[i][0])
+
+
+def static_gap_points(front, energy, accuracy):
+    """`accuracy` minus the static front's accuracy interpolated linearly at `energy`, in points.
+
+    Args:
+        front: `(energy, accuracy)` pairs of the plain networks (energies
+            normalised to the same E_total as `energy`; accuracies in [0, 1]).
+        energy: EnergyNet's normalised energy (1 - energy savings).
+        accuracy: EnergyNet's accuracy in [0, 1].
+
+    Returns:
+        A dict: `gap_points` (None outside the front's energy range: no
+        extrapolation), `front_accuracy` (the interpolated accuracy or None),
+        `within_front` and a `note` saying which neighbours were used or why
+        there is no gap.
+
+    Raises:
+        ValueError: for a front with fewer than two points of distinct energy.
+    """
+    points = sorted((float(e), float(a)) for e, a in front)
+    energies = [e for e, _ in points]
+    if len(set(energies)) < 2:
+        raise ValueError(f"a static front needs at least two networks of different energy; received {points}")
+    energy = float(energy)
+    if energy < energies[0] or energy > energies[-1]:
+        return {"gap_points": None, "front_accuracy": None, "within_front": False,
+                "note": (f"EnergyNet's energy {energy:.4f} lies outside the static front's range "
+                         f"[{energies[0]:.4f}, {energies[-1]:.4f}]; no extrapolation")}
+    for (e0, a0), (e1, a1) in zip(points, points[1:]):
+        if e0 <= energy <= e1 and e1 > e0:
+            front_accuracy = a0 + (a1 - a0) * (energy - e0) / (e1 - e0)
+            return {"gap_points": 100.0 * (float(accuracy) - front_accuracy), "front_accuracy": front_accuracy,
+                    "within_front": True,
+                    "note": f"interpolated between energies {e0:.4f} and {e1:.4f}"}
+    raise AssertionError("unreachable: the energy lies within the sorted front")

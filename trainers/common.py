@@ -60,6 +60,7 @@ def define_flags(default_depth, default_batch_size=128):
     flags.DEFINE_float("momentum", 0.9, "SGD (Nesterov) momentum.")
     flags.DEFINE_integer("gate_units", 10, "Width of the gates' projections and shared LSTM cell.")
     flags.DEFINE_float("gate_bias_init", 1.0, "Initial bias of the gates' output unit (positive: gates start open).")
+    flags.DEFINE_list("removed_blocks", [], "With --baseline: gated blocks (numbered from 1, as the skip ratios) that the plain network never runs, each replaced by its shortcut: a fixed skip pattern trained from scratch (e.g. the blocks a trained EnergyNet skips for most images). Energies stay relative to the full network.")
     flags.DEFINE_string("init_from", None, "A baseline's model.keras (or run directory) whose weights initialise the backbone.")
     flags.DEFINE_integer("array_rows", 32, "Systolic array rows of the accelerator in the energy model.")
     flags.DEFINE_integer("array_cols", 32, "Systolic array columns.")
@@ -102,6 +103,11 @@ def check_flags(extra_config):
         pinned = tuple(sorted({int(e) for e in FLAGS.pin_checkpoints}))
     except ValueError:
         raise UsageError(f"--pin_checkpoints={','.join(FLAGS.pin_checkpoints)} must be a comma-separated list of epochs") from None
+    try:
+        removed = tuple(sorted(int(b) for b in FLAGS.removed_blocks))
+    except ValueError:
+        raise UsageError(f"--removed_blocks={','.join(FLAGS.removed_blocks)} must be a comma-separated list of "
+                         "gated block numbers") from None
     phase_epochs = [FLAGS.phase1_epochs, FLAGS.phase2_epochs, FLAGS.phase3_epochs]
     if FLAGS.epochs is not None:
         phase_epochs = [FLAGS.epochs] * 3
@@ -112,12 +118,12 @@ def check_flags(extra_config):
                            phase3_epochs=phase_epochs[2])
     accelerator_fields = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(AcceleratorConfig)}
     top = {f.name: FLAGS[f.name].value for f in dataclasses.fields(RunConfig)
-           if f.name in FLAGS and f.name not in ("schedule", "accelerator", "pin_checkpoints")
+           if f.name in FLAGS and f.name not in ("schedule", "accelerator", "pin_checkpoints", "removed_blocks")
            and f.name not in extra_config}
     try:
         config = RunConfig(schedule=PhaseSchedule(**schedule_fields),
                            accelerator=AcceleratorConfig(**accelerator_fields),
-                           pin_checkpoints=pinned, **top, **extra_config)
+                           pin_checkpoints=pinned, removed_blocks=removed, **top, **extra_config)
     except ValueError as e:
         # "RunConfig.batch_size ...", "PhaseSchedule.alpha2 ...": each field is its flag's name.
         match = re.search(r"\b(?:RunConfig|PhaseSchedule|AcceleratorConfig)\.(\w+)", str(e))
@@ -180,6 +186,7 @@ def build_model(config, num_classes, image_shape):
         # gate_lr_multiplier is not set here: the phase schedule assigns it each epoch.
         gate_noise=config.gate_noise,
         energy_term=config.energy_term,
+        removed_blocks=config.removed_blocks,
     )
 
 

@@ -57,6 +57,8 @@ class RunConfig:
         weight_decay: coupled L2; decoupled_weight_decay: Keras SGD's decay.
         zero_init_residual: residual branches' last BN gamma starts at zero.
         gate_noise, energy_term, gate_units, gate_bias_init: the gates.
+        removed_blocks: gated blocks (from 1) a baseline never runs: a plain
+            network of a fixed skip pattern (`model.EnergyNet`).
         momentum: SGD (Nesterov) momentum.
         init_from: a baseline's model file whose weights start the backbone.
         keep_checkpoints, checkpoint_every_steps, pin_checkpoints: checkpoints.
@@ -90,6 +92,7 @@ class RunConfig:
     energy_term: str = "decisions"
     gate_units: int = 10
     gate_bias_init: float = 1.0
+    removed_blocks: Tuple[int, ...] = ()
     momentum: float = 0.9
     init_from: Optional[str] = None
     keep_checkpoints: int = 2
@@ -143,6 +146,16 @@ class RunConfig:
             fail("strategy", f"one of {STRATEGIES}")
         if not isinstance(self.pin_checkpoints, tuple) or any(not _is_int(e) or e < 1 for e in self.pin_checkpoints):
             fail("pin_checkpoints", "a tuple of epochs >= 1")
+        if not isinstance(self.removed_blocks, tuple) or any(not _is_int(b) or b < 1 for b in self.removed_blocks):
+            fail("removed_blocks", "a tuple of gated block numbers >= 1")
+        if len(set(self.removed_blocks)) != len(self.removed_blocks):
+            fail("removed_blocks", "distinct block numbers")
+        if self.removed_blocks:
+            if not self.baseline:
+                fail("removed_blocks", "empty unless baseline is set (a gated network's gates choose the blocks)")
+            num_gates = backbone.backbone_spec(self.depth).num_blocks - 1
+            if max(self.removed_blocks) > num_gates:
+                fail("removed_blocks", f"gated block numbers in [1, {num_gates}] for depth {self.depth}")
         for name in ("baseline", "zero_init_residual", "deterministic", "verbose", "evaluate_test"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "True or False")
@@ -171,8 +184,9 @@ class RunConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown run configuration keys: {', '.join(unknown)}")
-        if "pin_checkpoints" in data:
-            data["pin_checkpoints"] = tuple(data["pin_checkpoints"])
+        for name in ("pin_checkpoints", "removed_blocks"):
+            if name in data:
+                data[name] = tuple(data[name])
         return cls(schedule=PhaseSchedule(**schedule), accelerator=AcceleratorConfig(**accelerator), **data)
 
     def differences(self, other):
