@@ -474,3 +474,57 @@ def test_export_matches_keras_on_cifar10_images(exports):
             served = export.load_exported(out, backend=backend, num_threads=1)
             for batch in (1, 16):
                 _assert_parity(_run(served, images, batch), want)
+
+
+def _soft_gate_model(images, depth=14):
+    """Input-dependent gates (half of `images` open each) whose probabilities spread over about (0.1, 0.9)."""
+    keras.utils.set_random_seed(5)
+    model = EnergyNet(depth=depth)
+    gate_programs.set_input_dependent_gates(model, images, open_fraction=0.5, margin=3.0)
+    return model
+
+
+@pytest.mark.parametrize("quantile", [0.25, 0.75])
+def test_export_at_another_threshold_matches_keras_at_that_threshold(tmp_path, quantile):
+    images = _random_images(12, seed=7)
+    model = _soft_gate_model(images)
+    at_half = _keras(model, images)
+    # A threshold midway between two neighbouring gate probabilities: no
+    # probability sits on it, and it changes decisions (else the test proves nothing).
+    p = np.unique(at_half["probabilities"])
+    k = int(quantile * (len(p) - 1))
+    threshold = float(0.5 * (p[k] + p[k + 1]))
+    out = model.forward(tf.constant(images), threshold=threshold)
+    want = dict(at_half, logits=out["logits"].numpy(), decisions=out["decisions"].numpy(),
+                energy=np.asarray(model.inference_energy(out["decisions"])))
+    assert (want["decisions"] != at_half["decisions"]).any()
+    paths = export.export_model(model, tmp_path / "e", threshold=threshold)
+    with open(paths["metadata"]) as f:
+        assert json.load(f)["gate_threshold"] == threshold
+    for backend, batch in (("saved_model", 5), ("tflite", 1)):
+        served = export.load_exported(str(tmp_path / "e"), backend=backend, num_threads=1)
+        got = _run(served, images, batch)
+        np.testing.assert_array_equal(got["decisions"], want["decisions"])
+        np.testing.assert_allclose(got["logits"], want["logits"], rtol=0, atol=ATOL)
+        np.testing.assert_allclose(got["energy"], want["energy"], rtol=1e-6)
+
+
+def test_export_refuses_a_bad_threshold(tmp_path):
+    with pytest.raises(export.ExportError, match="threshold"):
+        export.export_model(EnergyNet(depth=8), tmp_path / "e", threshold=1.0, tflite=False)
+    assert not (tmp_path / "e").exists()
+
+
+def test_a_plain_network_with_removed_blocks_exports_its_fixed_pattern(tmp_path):
+    keras.utils.set_random_seed(1)
+    model = EnergyNet(depth=14, baseline=True, removed_blocks=[1, 4])
+    images = _random_images(4, seed=2)
+    want = _keras(model, images)
+    np.testing.assert_array_equal(want["decisions"], np.tile([0, 1, 1, 0, 1], (4, 1)))
+    paths = export.export_model(model, tmp_path / "e")
+    for backend in ("saved_model", "tflite"):
+        got = _run(export.load_exported(str(tmp_path / "e"), backend=backend, num_threads=1), images, 1)
+        np.testing.assert_array_equal(got["decisions"], want["decisions"])
+        np.testing.assert_allclose(got["logits"], want["logits"], rtol=0, atol=ATOL)
+        np.testing.assert_allclose(got["energy"], want["energy"], rtol=1e-6)
+    assert os.path.exists(paths["tflite"])

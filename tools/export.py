@@ -38,6 +38,7 @@ flags.DEFINE_integer("calibration_examples", 256, "Training images used to calib
 flags.DEFINE_integer("eval_examples", 1000, "Test images on which --int8 accuracy and gate agreement are measured (0: skip).")
 flags.DEFINE_integer("verify_examples", 8, "Random images on which the export is checked against the Keras model (0: skip).")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing export in --out.")
+flags.DEFINE_float("threshold", 0.5, "Gate threshold of the exported graphs: a gated block runs iff its gate's probability is > this, in (0, 1); lower runs more blocks (more accuracy, more energy). Recorded as gate_threshold in export.json; tools.evaluate --thresholds measures the choices on the validation split.")
 
 FLAGS = flags.FLAGS
 
@@ -78,6 +79,9 @@ def _check_flags():
             raise UsageError(f"--{name}={getattr(FLAGS, name)} must be >= 0")
     if FLAGS.int8 and FLAGS.calibration_examples < 1:
         raise UsageError("--int8 needs --calibration_examples >= 1")
+    if not 0.0 < FLAGS.threshold < 1.0:
+        raise UsageError(f"--threshold={FLAGS.threshold} must be in (0, 1): a gated block runs iff its gate's "
+                         "probability is > the threshold")
     out = os.path.abspath(FLAGS.out)
     if os.path.exists(out):
         if not os.path.isdir(out):
@@ -139,13 +143,13 @@ def _load_data(config, model):
     return calibration.numpy()[: FLAGS.calibration_examples], images, labels
 
 
-def _keras_outputs(model, images, batch_size=250):
+def _keras_outputs(model, images, batch_size=250, threshold=0.5):
     import numpy as np
     import tensorflow as tf
 
     outs = []
     for i in range(0, len(images), batch_size):
-        out = model.forward(tf.constant(images[i:i + batch_size]), training=False)
+        out = model.forward(tf.constant(images[i:i + batch_size]), training=False, threshold=threshold)
         energy = model.inference_energy(out["decisions"])
         outs.append({"logits": out["logits"].numpy(), "decisions": out["decisions"].numpy(), "energy": np.asarray(energy)})
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
@@ -158,8 +162,8 @@ def _verify(model, out, count):
     from energynet_tf import export as export_lib
 
     images = np.random.RandomState(0).normal(size=(count,) + tuple(model.image_shape)).astype(np.float32)
-    reference = _keras_outputs(model, images)
-    result = {"examples": count, "inputs": "standard normal"}
+    reference = _keras_outputs(model, images, threshold=FLAGS.threshold)
+    result = {"examples": count, "inputs": "standard normal", "gate_threshold": FLAGS.threshold}
     backends = ["saved_model"] + (["tflite"] if os.path.exists(os.path.join(out, export_lib.TFLITE_FILE)) else [])
     for backend in backends:
         served = export_lib.load_exported(out, backend=backend, num_threads=1)
@@ -176,7 +180,7 @@ def _verify(model, out, count):
 def _evaluate_int8(model, out, images, labels):
     from energynet_tf import export as export_lib
 
-    reference = _keras_outputs(model, images)
+    reference = _keras_outputs(model, images, threshold=FLAGS.threshold)
     int8 = export_lib.load_exported(out, backend="int8", num_threads=1)(images)
     report = {
         "examples": int(len(images)),
@@ -241,6 +245,7 @@ def _export(model, model_file, config, out, calibration, test_images, test_label
             representative_images=calibration,
             metadata=extra,
             overwrite=FLAGS.overwrite,
+            threshold=FLAGS.threshold,
         )
     except export_lib.ExportError as e:
         raise UsageError(str(e)) from None

@@ -30,7 +30,7 @@ from energynet_tf.export.tflite import (  # noqa: F401
 )
 
 
-def _metadata(model, batched, tflite_batched, files, extra):
+def _metadata(model, batched, tflite_batched, files, extra, threshold):
     table = model.energy_table
     meta = {
         "format_version": FORMAT_VERSION,
@@ -44,6 +44,9 @@ def _metadata(model, batched, tflite_batched, files, extra):
         "signature": SERVING_KEY,
         "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [None] + list(model.image_shape)},
         "outputs": list(OUTPUT_KEYS),
+        # The operating point baked into every exported graph: a gated block
+        # runs iff its gate's probability is > gate_threshold.
+        "gate_threshold": threshold,
         "batched_skipping": {"saved_model": batched, "tflite": tflite_batched, "int8_tflite": "batch size 1"},
         "energy_table": table.as_dict(),
         "files": files,
@@ -63,6 +66,7 @@ def export_model(
     calibration_examples=None,
     metadata=None,
     overwrite=False,
+    threshold=0.5,
 ):
     """Writes `out_dir/saved_model/`, `out_dir/model.tflite` and `out_dir/export.json`.
 
@@ -81,6 +85,9 @@ def export_model(
         calibration_examples: use at most this many calibration images.
         metadata: extra JSON-able entries for `export.json`.
         overwrite: replace an existing export in `out_dir`.
+        threshold: the gate threshold of the float exports (a block runs iff
+            its gate's probability is > it; default 0.5), recorded as
+            `gate_threshold` in `export.json`.
 
     Returns:
         A dict of the written paths (`saved_model`, `tflite`, `int8_tflite`,
@@ -90,6 +97,12 @@ def export_model(
         ExportError: if `out_dir` holds other files or is a file.
     """
     check_model(model)
+    from energynet_tf import evaluation
+
+    try:
+        threshold = evaluation.check_threshold(threshold)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
     out_dir = os.path.abspath(os.fspath(out_dir))
     if os.path.exists(out_dir):
         if not os.path.isdir(out_dir):
@@ -106,20 +119,21 @@ def export_model(
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
         files = {"saved_model": SAVED_MODEL_DIR}
-        save_saved_model(model, os.path.join(staging, SAVED_MODEL_DIR), batched)
+        save_saved_model(model, os.path.join(staging, SAVED_MODEL_DIR), batched, threshold=threshold)
         if tflite:
             with open(os.path.join(staging, TFLITE_FILE), "wb") as f:
-                f.write(convert_to_tflite(model, tflite_batched))
+                f.write(convert_to_tflite(model, tflite_batched, threshold=threshold))
             files["tflite"] = TFLITE_FILE
         extra = dict(metadata or {})
         if int8:
-            content, info = convert_to_tflite_int8(model, representative_images, calibration_examples)
+            content, info = convert_to_tflite_int8(model, representative_images, calibration_examples,
+                                                   threshold=threshold)
             with open(os.path.join(staging, INT8_TFLITE_FILE), "wb") as f:
                 f.write(content)
             files["int8_tflite"] = INT8_TFLITE_FILE
             extra["int8_calibration"] = info
         with open(os.path.join(staging, METADATA_FILE), "w") as f:
-            json.dump(_metadata(model, batched, tflite_batched, files, extra), f, indent=2, sort_keys=True)
+            json.dump(_metadata(model, batched, tflite_batched, files, extra, threshold), f, indent=2, sort_keys=True)
             f.write("\n")
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)

@@ -146,11 +146,11 @@ def keep_output_float(calibrated, output_key, stop_ops=("CAST",)):
     return _write_flatbuffer(model), cleared
 
 
-def _calibrate(model, images):
+def _calibrate(model, images, threshold=0.5):
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory(prefix="energynet-int8-") as tmp:
-        save_saved_model(model, tmp, "single", check_shape=False, batch_size=1)
+        save_saved_model(model, tmp, "single", check_shape=False, batch_size=1, threshold=threshold)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SERVING_KEY])
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = _representative_dataset(images)
@@ -159,7 +159,8 @@ def _calibrate(model, images):
         return converter.convert()
 
 
-def convert_to_tflite_int8(model, representative_images, calibration_examples=None, fallback_examples=32):
+def convert_to_tflite_int8(model, representative_images, calibration_examples=None, fallback_examples=32,
+                           threshold=0.5):
     """Post-training int8 TFLite model of `model`, for batch size 1.
 
     Weights and activations are int8 (per-channel weights), inputs and outputs
@@ -176,6 +177,7 @@ def convert_to_tflite_int8(model, representative_images, calibration_examples=No
             as the model's inputs (a few hundred).
         calibration_examples: use at most this many of them.
         fallback_examples: images for the forced-open/closed calibrations.
+        threshold: the gate threshold baked into the graph (`serving_function`).
 
     Returns:
         `(tflite bytes, info dict)`.
@@ -188,7 +190,7 @@ def convert_to_tflite_int8(model, representative_images, calibration_examples=No
     images = _check_images_np(representative_images, model.image_shape)
     if calibration_examples is not None:
         images = images[:calibration_examples]
-    calibrated = _calibrate(model, images)
+    calibrated = _calibrate(model, images, threshold)
     filled = 0
     if model.gate is not None:
         saved = model.gate.get_weights()
@@ -196,7 +198,7 @@ def convert_to_tflite_int8(model, representative_images, calibration_examples=No
             fallbacks = []
             for value in (1, 0):
                 force_gate_decisions(model, [value] * model.num_gates)
-                fallbacks.append(_calibrate(model, images[:fallback_examples]))
+                fallbacks.append(_calibrate(model, images[:fallback_examples], threshold))
         finally:
             model.gate.set_weights(saved)
         calibrated, filled = merge_calibrations(calibrated, fallbacks)

@@ -107,11 +107,22 @@ def gate_constants(model):
         raise ExportError(str(e)) from None
 
 
-def _network(model, images, method, constants):
+def logit_threshold(threshold):
+    """The logit cut equal to probability `threshold`: `p > t` iff `logit > log(t / (1 - t))` (0 for 0.5)."""
+    import math
+
+    from energynet_tf import evaluation
+
+    threshold = evaluation.check_threshold(threshold)
+    return 0.0 if threshold == 0.5 else math.log(threshold / (1.0 - threshold))
+
+
+def _network(model, images, method, constants, threshold=0.5):
     """Stem, gated blocks and head on `images`, through the model's own walk.
 
     Each gate is computed from its fused constants (`RNNGate.fused_step`) and
-    its block runs or is skipped as `method` says (`_run_gated_block`).
+    its block runs or is skipped as `method` says (`_run_gated_block`); a
+    gate opens iff its probability is > `threshold`.
 
     Returns:
         `(logits, gate logits (batch, num_gates), decisions (batch, num_gates)
@@ -122,20 +133,21 @@ def _network(model, images, method, constants):
     x = model.stem(images)
     if model.gate is None:
         return model.head(model.walk(x)), None, None
+    cut = logit_threshold(threshold)
     gate_logits = []
     state = [None, None]
 
     def decide(index, x):
         state[0], state[1], logit = model.gate.fused_step(x, state[0], state[1], constants, index)
         gate_logits.append(logit)
-        return tf.greater(logit, 0.0)
+        return tf.greater(logit, cut)
 
     x = model.walk(x, decide=decide, run=lambda block, x, decision: _run_gated_block(block, x, decision, method))
     gate_logits = tf.concat(gate_logits, axis=1)
-    return model.head(x), gate_logits, tf.cast(tf.greater(gate_logits, 0.0), tf.float32)
+    return model.head(x), gate_logits, tf.cast(tf.greater(gate_logits, cut), tf.float32)
 
 
-def serving_function(model, batched=DEFAULT_BATCHED_METHOD, check_shape=True):
+def serving_function(model, batched=DEFAULT_BATCHED_METHOD, check_shape=True, threshold=0.5):
     """Returns `f(images) -> dict` computing the exported outputs with real skipping.
 
     Args:
@@ -146,11 +158,13 @@ def serving_function(model, batched=DEFAULT_BATCHED_METHOD, check_shape=True):
             per block; batch size 1 only) and "mask" (no skipping: the
             training-time blend, for comparisons).
         check_shape: add the run-time input shape check (TFLite drops it).
+        threshold: a gate runs its block iff its probability is > this, in
+            (0, 1) (default 0.5): the operating point, fixed in the graph.
 
     The gates are computed from their weights rearranged as constants
     (`RNNGate.fused_constants`: fewer ops, the same function up to float
-    rounding), and a gate decides "run" iff its logit is > 0, i.e. its
-    probability is > 0.5.
+    rounding), and a gate decides "run" iff its logit is > log(t / (1 - t)),
+    i.e. its probability is > t = `threshold`.
 
     Returns:
         A Python function to trace with `tf.function`; its outputs are
@@ -166,18 +180,19 @@ def serving_function(model, batched=DEFAULT_BATCHED_METHOD, check_shape=True):
     image_shape = tuple(model.image_shape)
     num_gates = model.num_gates
     constants = gate_constants(model)
+    logit_threshold(threshold)  # refuse a bad threshold before tracing
 
     def serve(images):
         if check_shape:
             images = _check_images_in_graph(images, image_shape)
         batch = tf.shape(images)[0]
-        logits, gate_logits, decisions = _network(model, images, batched, constants)
+        logits, gate_logits, decisions = _network(model, images, batched, constants, threshold)
         if decisions is not None:
             probabilities = tf.sigmoid(gate_logits)
         else:
-            # A baseline: every block runs.
-            probabilities = tf.ones((batch, num_gates), tf.float32)
-            decisions = tf.ones((batch, num_gates), tf.float32)
+            # A baseline: every block runs (but the removed ones).
+            probabilities = tf.tile(tf.constant(model.fixed_decisions())[None, :], [batch, 1])
+            decisions = probabilities
         energy = metrics_lib.normalised_energy(table, decisions)
         return {
             "logits": tf.identity(logits, name="logits"),
@@ -214,7 +229,7 @@ def check_model(model):
         )
 
 
-def save_saved_model(model, path, batched=DEFAULT_BATCHED_METHOD, check_shape=True, batch_size=None):
+def save_saved_model(model, path, batched=DEFAULT_BATCHED_METHOD, check_shape=True, batch_size=None, threshold=0.5):
     """Writes the serving SavedModel of `model` to directory `path`.
 
     Args:
@@ -224,6 +239,7 @@ def save_saved_model(model, path, batched=DEFAULT_BATCHED_METHOD, check_shape=Tr
         check_shape: see `serving_function`.
         batch_size: None (any batch size) or a fixed batch size; "single"
             needs 1.
+        threshold: see `serving_function`.
 
     Returns:
         `path`.
@@ -231,5 +247,5 @@ def save_saved_model(model, path, batched=DEFAULT_BATCHED_METHOD, check_shape=Tr
     check_model(model)
     if batched == "single" and batch_size != 1:
         raise ValueError("the 'single' method needs batch_size=1")
-    _archive(model, serving_function(model, batched, check_shape), batch_size).write_out(os.fspath(path), verbose=False)
+    _archive(model, serving_function(model, batched, check_shape, threshold), batch_size).write_out(os.fspath(path), verbose=False)
     return os.fspath(path)

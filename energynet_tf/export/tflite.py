@@ -16,7 +16,7 @@ from energynet_tf.export.serving import (  # noqa: F401
 )
 
 
-def convert_to_tflite(model, batched=DEFAULT_TFLITE_BATCHED_METHOD):
+def convert_to_tflite(model, batched=DEFAULT_TFLITE_BATCHED_METHOD, threshold=0.5):
     """Converts `model`'s serving graph to a float32 TFLite flatbuffer with `IF` ops.
 
     The conversion goes through a SavedModel written by Keras' `ExportArchive`
@@ -28,6 +28,8 @@ def convert_to_tflite(model, batched=DEFAULT_TFLITE_BATCHED_METHOD):
             that image's decision) or "gather"/"dense" (a resizable batch;
             see `serving_function`); "mask" (every block runs, for
             comparisons) also gives a resizable batch.
+        threshold: a gate runs its block iff its probability is > this
+            (`serving_function`).
 
     Returns:
         The TFLite model as bytes.
@@ -43,7 +45,7 @@ def convert_to_tflite(model, batched=DEFAULT_TFLITE_BATCHED_METHOD):
     batch_size = 1 if batched == "single" else None
     with tempfile.TemporaryDirectory(prefix="energynet-export-") as tmp:
         # TFLite drops asserts; the interpreter and `load_exported` check shapes.
-        save_saved_model(model, tmp, batched, check_shape=False, batch_size=batch_size)
+        save_saved_model(model, tmp, batched, check_shape=False, batch_size=batch_size, threshold=threshold)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SERVING_KEY])
         return converter.convert()
 
