@@ -11,7 +11,7 @@ from tools import reproduce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TINY = ("depth=8,epochs=3,branch_epoch=1,phase1_epochs=1,phase2_epochs=1,phase3_epochs=0,"
+TINY = ("depth=14,epochs=3,branch_epoch=1,phase1_epochs=1,phase2_epochs=1,phase3_epochs=0,"
         "batch_size=16,max_train_examples=64,validation_examples=50,lr1=0.05,lr2=0.05")
 
 
@@ -37,7 +37,8 @@ def error_lines(result):
 def reproduction(fake_data_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("repro") / "out")
     result = run_tool(f"--data_dir={fake_data_dir}", f"--out={out}", f"--set={TINY}",
-                      "--speed_rounds=1", "--speed_steps=1")
+                      "--speed_rounds=1", "--speed_steps=1", "--static_depths=8", "--learned_pattern",
+                      "--thresholds=0.3,0.5,0.7")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return out, result
 
@@ -51,7 +52,7 @@ def test_writes_results_table_and_figure(reproduction):
                     "skip_ratio_per_block", "wall_seconds"):
             assert key in results[arm], (arm, key)
     assert results["baseline"]["energy_savings"] == 0
-    assert len(results["energynet"]["skip_ratio_per_block"]) == 2
+    assert len(results["energynet"]["skip_ratio_per_block"]) == 5
     assert results["accuracy_drop_points"] == pytest.approx(
         100 * (results["baseline"]["test_accuracy"] - results["energynet"]["test_accuracy"]))
     assert isinstance(results["goal"]["met"], bool)
@@ -62,6 +63,69 @@ def test_writes_results_table_and_figure(reproduction):
     with open(os.path.join(out, "accuracy_vs_energy.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert "[reproduce] 1/3 baseline" in result.stdout and "[reproduce] 2/3 EnergyNet" in result.stdout
+
+
+def test_static_front_gap_per_image_fields_and_threshold_sweep(reproduction):
+    from tools import stats
+
+    out, result = reproduction
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    front = results["static_front"]
+    assert [p["depth"] for p in front] == [8, 14]
+    assert front[-1]["energy"] == 1.0 and front[-1]["test_accuracy"] == results["baseline"]["test_accuracy"]
+    with open(os.path.join(out, "static", "depth-8", "metrics.json")) as f:
+        static8 = json.load(f)
+    assert front[0]["test_accuracy"] == static8["test_accuracy"]
+    assert front[0]["energy"] == pytest.approx(static8["baseline_energy"] / results["baseline_energy"])
+    assert 0 < front[0]["energy"] < 1
+    energy = 1 - results["energynet"]["energy_savings"]
+    gap = stats.static_gap_points([(p["energy"], p["test_accuracy"]) for p in front], energy,
+                                  results["energynet"]["test_accuracy"])
+    assert results["static_gap_points"] == gap["gap_points"]
+    # Per image, at the top level and per arm.
+    e = results["per_image_energy"]
+    assert set(e) == {"mean", "std", "p10", "p50", "p90", "min", "max"}
+    assert e["min"] <= e["p10"] <= e["p50"] <= e["p90"] <= e["max"]
+    assert e["mean"] == pytest.approx(energy, abs=1e-5)
+    assert results["distinct_paths"] >= 1 and isinstance(results["selective_blocks"], list)
+    assert len(results["savings_by_class"]) == 10
+    assert results["baseline"]["distinct_paths"] == 1 and results["baseline"]["per_image_energy"]["std"] < 1e-6
+    assert [r["threshold"] for r in results["threshold_sweep"]] == [0.3, 0.5, 0.7]
+    savings = [r["energy_savings"] for r in results["threshold_sweep"]]
+    assert savings == sorted(savings)  # a higher threshold never runs more blocks
+    # The learned pattern: trained with the blocks skipped by most test images removed, or said why not.
+    removed = reproduce.learned_pattern(results["energynet"])
+    if removed:
+        assert results["learned_pattern"]["removed_blocks"] == removed
+        with open(os.path.join(out, "pattern", "config.json")) as f:
+            assert json.load(f)["removed_blocks"] == removed
+    else:
+        assert "no learned pattern to train" in result.stdout
+    markdown = open(os.path.join(out, "results.md")).read()
+    assert "Static gap" in markdown and "Per image" in markdown and "| 0.30 |" in markdown
+    for name in ("per_image_energy.png", "skip_by_class.png"):
+        with open(os.path.join(out, name), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_learned_pattern_takes_the_blocks_most_images_skip():
+    assert reproduce.learned_pattern({"skip_ratio_per_block": [0.0, 0.51, 0.5, 1.0, 0.2]}) == [2, 4]
+    assert reproduce.learned_pattern({"skip_ratio_per_block": [0.0, 0.1]}) == []
+
+
+@pytest.mark.parametrize("depths, needle", [
+    ("9", "not a CIFAR ResNet depth"),
+    ("14,38", "not shallower than the preset's depth 38"),
+    ("14,14", "repeated"),
+    ("x", "not an integer"),
+])
+def test_bad_static_depths_get_one_line_and_write_nothing(depths, needle, tmp_path):
+    out = tmp_path / "o"
+    result = run_tool("--data_dir=/nonexistent", f"--out={out}", f"--static_depths={depths}", timeout=120)
+    assert result.returncode == 2
+    assert len(error_lines(result)) == 1 and needle in error_lines(result)[0], result.stderr[-1000:]
+    assert not out.exists()
 
 
 def test_energynet_spends_the_same_epoch_budget_from_the_baselines_checkpoint(reproduction):

@@ -214,6 +214,77 @@ def plot_examples(stats, label, per_row, path):
     plt.close(fig)
 
 
+def plot_energy_histogram(series, path, title="Energy per test image"):
+    """Histogram of each image's normalised energy, one series per run, the baseline's energy (1.0) marked.
+
+    Args:
+        series: a list of `(label, energies)`; energies normalised to the
+            baseline's E_total, gates charged.
+        path: the PNG to write.
+        title: the figure's title.
+    """
+    import numpy as np
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    top = max(1.05, max(float(np.max(e)) for _, e in series) + 0.02)
+    bins = np.arange(0.0, top + 0.005, 0.01)
+    colors = ["tab:orange", "tab:purple", "tab:green", "tab:brown"]
+    for k, (label, energies) in enumerate(series):
+        energies = np.asarray(energies, np.float64)
+        ax.hist(energies, bins=bins, color=colors[k % len(colors)], alpha=0.75,
+                label=f"{label}: mean {energies.mean():.3f}, std {energies.std():.4f}, "
+                      f"{len(energies)} images")
+    ax.axvline(1.0, color="tab:blue", ls="--", lw=1.5, label="baseline (every block runs): 1.0")
+    ax.set_xlim(0, top)
+    ax.set_xlabel("energy of the image / the baseline network's energy (gates charged)")
+    ax.set_ylabel("test images (1%-wide bins)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    spread = max(float(np.std(e)) for _, e in series)
+    ax.set_title(title + ("\n(one bar: every image spends the same energy, a static pruning)" if spread < 0.005 else ""),
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def plot_skip_heatmap(skip_ratio_by_class, class_names, path, title="Skip ratio by block and class"):
+    """Blocks x classes heat map of the share of each class's test images that skip each gated block.
+
+    Args:
+        skip_ratio_by_class: per class, the skip ratio of every gated block
+            (None for a class with no images), as in `metrics.json`.
+        class_names: the classes' names.
+        path: the PNG to write.
+        title: the figure's title.
+    """
+    import numpy as np
+
+    plt = _plt()
+    num_gates = max(len(r) for r in skip_ratio_by_class if r is not None)
+    matrix = np.array([r if r is not None else [np.nan] * num_gates for r in skip_ratio_by_class]).T
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(class_names), 1.2 + 0.32 * num_gates))
+    image = ax.imshow(100 * matrix, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    for b in range(num_gates):
+        for c in range(len(class_names)):
+            if np.isfinite(matrix[b, c]):
+                v = 100 * matrix[b, c]
+                ax.text(c, b, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if v < 50 else "black")
+    ax.set_xticks(range(len(class_names)))
+    ax.set_xticklabels(class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(num_gates))
+    ax.set_yticklabels([str(b + 1) for b in range(num_gates)], fontsize=8)
+    ax.set_ylabel("gated block")
+    fig.colorbar(image, ax=ax, label="test images of the class that skip the block (%)")
+    uniform = bool(np.nanmax(np.nanmax(matrix, axis=1) - np.nanmin(matrix, axis=1)) < 0.05)
+    ax.set_title(title + ("\n(every class skips the same blocks)" if uniform else ""), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
 def main():
     if not FLAGS.runs:
         raise UsageError("--runs is required: comma-separated run directories")

@@ -33,6 +33,9 @@ from energynet_tf import cli
 from energynet_tf.cli import UsageError
 from tools import runs
 
+# CIFAR-10's classes in label order (tfds' cifar10 features), for the tables.
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
 # Goal of the reproduction (issue: "energy savings at the baseline's accuracy").
 GOAL_MAX_ACCURACY_DROP = 0.3  # points
 GOAL_MIN_ENERGY_SAVINGS = 0.40
@@ -242,8 +245,20 @@ def _step_time_ratio(preset, rounds, steps):
     }
 
 
-def summarise(preset_name, preset, baseline, energynet, speed, commit, wall_seconds, command):
-    """The results dict written to results.json."""
+def summarise(preset_name, preset, baseline, energynet, speed, commit, wall_seconds, command, static=None,
+              pattern=None, sweep=None):
+    """The results dict written to results.json.
+
+    Args:
+        preset_name, preset: the preset and its resolved fields.
+        baseline, energynet: the two arms' metrics.json.
+        speed: the training-step timing, or None.
+        commit, wall_seconds, command: provenance.
+        static: None, or `{depth: metrics}` of the static front's shallower networks.
+        pattern: None, or the learned-pattern arm's metrics (with `removed_blocks`).
+        sweep: None, or EnergyNet's threshold sweep on the validation split.
+    """
+    from tools import stats
     drop = 100.0 * (baseline["test_accuracy"] - energynet["test_accuracy"])
     met = drop <= GOAL_MAX_ACCURACY_DROP and energynet["energy_savings"] >= GOAL_MIN_ENERGY_SAVINGS
 
@@ -251,9 +266,10 @@ def summarise(preset_name, preset, baseline, energynet, speed, commit, wall_seco
         return {key: m.get(key) for key in (
             "test_accuracy", "energy_savings", "block_energy_savings", "mac_savings", "normalised_energy",
             "skip_ratio_per_block", "phases", "phase3_reason", "epochs", "wall_seconds", "final_val_accuracy",
-            "final_val_energy_savings")}
+            "final_val_energy_savings", "per_image_energy", "distinct_paths", "selective_blocks",
+            "savings_by_class", "skip_ratio_by_class", "gate_logits")}
 
-    return {
+    results = {
         "preset": preset_name,
         "config": dataclasses.asdict(preset),
         "command": command,
@@ -271,6 +287,33 @@ def summarise(preset_name, preset, baseline, energynet, speed, commit, wall_seco
         "wall_seconds": wall_seconds,
         "energynet_epochs_counted": preset.branch_epoch + energynet["epochs"],
     }
+    # What the gates chose, image by image (docs/design.md §3.3), at top level.
+    for key in ("per_image_energy", "distinct_paths", "selective_blocks", "savings_by_class"):
+        results[key] = energynet.get(key)
+    results["threshold_sweep"] = sweep
+    energy = 1.0 - energynet["energy_savings"]
+    if static:
+        front = static_front_points(dict(baseline, depth=preset.depth), static)
+        results["static_front"] = front
+        gap = stats.static_gap_points([(p["energy"], p["test_accuracy"]) for p in front], energy,
+                                      energynet["test_accuracy"])
+        results["static_gap_points"] = gap["gap_points"]
+        results["static_gap"] = gap
+    if pattern is not None:
+        entry = {
+            "removed_blocks": pattern["removed_blocks"],
+            "test_accuracy": pattern["test_accuracy"],
+            "energy_savings": pattern["energy_savings"],
+            "epochs": pattern["epochs"],
+            "wall_seconds": pattern["wall_seconds"],
+        }
+        if static:
+            gap = stats.static_gap_points([(p["energy"], p["test_accuracy"]) for p in results["static_front"]],
+                                          1.0 - pattern["energy_savings"], pattern["test_accuracy"])
+            entry["static_gap_points"] = gap["gap_points"]
+            entry["static_gap"] = gap
+        results["learned_pattern"] = entry
+    return results
 
 
 def results_markdown(results):
@@ -318,7 +361,100 @@ def results_markdown(results):
             + ", ".join(f"{r:.2f}" for r in speed["step_time_ratio_per_round"]) + ").",
         ]
     lines += ["", f"Training wall time, the two runs' sum: {results['wall_seconds']:.0f} s.", ""]
+    lines += _per_image_markdown(results) + _static_markdown(results) + _sweep_markdown(results)
     return "\n".join(lines)
+
+
+def _per_image_markdown(results):
+    e = results.get("per_image_energy")
+    if not e:
+        return []
+    selective = results["selective_blocks"]
+    by_class = results.get("savings_by_class") or []
+    names = CLASS_NAMES if len(by_class) == len(CLASS_NAMES) else [str(c) for c in range(len(by_class))]
+    return [
+        "## Per image: does any image get a different amount of computation?",
+        "",
+        "Each test image's energy (normalised to the baseline's, gates charged): mean "
+        f"{e['mean']:.4f}, std {e['std']:.4f} ({100 * e['std']:.2f}% of E_total), p10 {e['p10']:.4f}, "
+        f"median {e['p50']:.4f}, p90 {e['p90']:.4f}, min {e['min']:.4f}, max {e['max']:.4f}. "
+        f"{results['distinct_paths']} distinct skip pattern(s) among the test images; selective blocks "
+        f"(skipped by 5-95% of the images): {', '.join(map(str, selective)) if selective else 'none'} "
+        f"({len(selective)} of {len(results['energynet']['skip_ratio_per_block'])}).",
+        "",
+        "Energy savings by class: " + ", ".join(
+            f"{n} {100 * v:.1f}%" for n, v in zip(names, by_class) if v is not None) + ".",
+        "",
+    ]
+
+
+def _static_markdown(results):
+    front = results.get("static_front")
+    lines = []
+    pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
+    if front:
+        depth = results["config"]["depth"]
+        lines += [
+            "## Against plain shallower ResNets on the same budget (the static front)",
+            "",
+            f"| network | test accuracy | energy (of ResNet-{depth}) | energy savings |",
+            "|---|---|---|---|",
+        ]
+        for p in front:
+            lines.append(f"| ResNet-{p['depth']}{' (the baseline)' if p['energy'] == 1.0 else ''} | "
+                         f"{pct(p['test_accuracy'])} | {p['energy']:.3f} | {pct(1 - p['energy'])} |")
+        e = results["energynet"]
+        lines.append(f"| EnergyNet-{depth} | {pct(e['test_accuracy'])} | {1 - e['energy_savings']:.3f} | "
+                     f"{pct(e['energy_savings'])} |")
+        pattern = results.get("learned_pattern")
+        if pattern:
+            lines.append(f"| EnergyNet's pattern as a plain network (blocks {', '.join(map(str, pattern['removed_blocks']))} "
+                         f"removed) | {pct(pattern['test_accuracy'])} | {1 - pattern['energy_savings']:.3f} | "
+                         f"{pct(pattern['energy_savings'])} |")
+        gap = results["static_gap"]
+        lines.append("")
+        if gap["gap_points"] is None:
+            lines.append(f"Static gap: not defined: {gap['note']}.")
+        else:
+            verdict = ("EnergyNet is above the static front" if gap["gap_points"] > 0 else
+                       "a plain shallower ResNet of the same energy does better than EnergyNet")
+            lines.append(f"**Static gap: {gap['gap_points']:+.2f} points** (EnergyNet's test accuracy minus the "
+                         f"static front's, {pct(gap['front_accuracy'])}, interpolated linearly at EnergyNet's "
+                         f"energy): {verdict}.")
+        if pattern and pattern.get("static_gap"):
+            g = pattern["static_gap"]
+            lines.append("")
+            lines.append("The learned pattern trained from scratch: " + (
+                f"{g['gap_points']:+.2f} points against the static front at its energy."
+                if g["gap_points"] is not None else f"no gap ({g['note']})."))
+        lines.append("")
+    elif results.get("learned_pattern"):
+        p = results["learned_pattern"]
+        lines += [f"EnergyNet's pattern as a plain network (blocks {', '.join(map(str, p['removed_blocks']))} removed): "
+                  f"{pct(p['test_accuracy'])} at {pct(p['energy_savings'])} savings.", ""]
+    return lines
+
+
+def _sweep_markdown(results):
+    sweep = results.get("threshold_sweep")
+    if not sweep:
+        return []
+    lines = [
+        "## Operating points chosen at deployment (gate threshold, validation split)",
+        "",
+        "One trained EnergyNet; a gated block runs iff its gate's probability is > the threshold "
+        "(0.5 in training). Export a chosen point with `python -m tools.export --threshold=T`.",
+        "",
+        "| threshold | validation accuracy | energy savings | distinct paths |",
+        "|---|---|---|---|",
+    ]
+    for row in sweep:
+        lines.append(f"| {row['threshold']:.2f} | {100 * row['accuracy']:.2f}% | {100 * row['energy_savings']:.2f}% "
+                     f"| {row['distinct_paths']} |")
+    points = {(round(r["accuracy"], 6), round(r["energy_savings"], 6)) for r in sweep}
+    lines += ["", f"{len(points)} distinct operating point(s) among {len(sweep)} thresholds"
+              + (": the gates are saturated, the curve collapses to a point." if len(points) == 1 else "."), ""]
+    return lines
 
 
 def plot(results, baseline_history, energynet_history, path):
@@ -329,7 +465,11 @@ def plot(results, baseline_history, energynet_history, path):
     import matplotlib.pyplot as plt
 
     b, e = results["baseline"], results["energynet"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.3, 1]})
+    sweep = results.get("threshold_sweep")
+    if sweep:
+        fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.6), gridspec_kw={"width_ratios": [1.3, 1, 1]})
+    else:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.3, 1]})
     gated = [h for h in energynet_history if "val_energy_savings" in h]
     if gated:
         left.plot([100 * h["val_energy_savings"] for h in gated], [100 * h["val_accuracy"] for h in gated],
@@ -347,14 +487,51 @@ def plot(results, baseline_history, energynet_history, path):
     left.fill_between([100 * goal["min_energy_savings"], 100], floor, 100, color="tab:green", alpha=0.12,
                       label=f"goal: >= {100 * goal['min_energy_savings']:.0f}% saved, <= "
                             f"{goal['max_accuracy_drop_points']} points below the baseline (test)")
+    ys = [100 * b["test_accuracy"], 100 * e["test_accuracy"]] + [100 * h["val_accuracy"] for h in gated]
+    front = results.get("static_front")
+    if front:
+        xs = [100 * (1 - p["energy"]) for p in front]
+        accs = [100 * p["test_accuracy"] for p in front]
+        left.plot(xs, accs, "-D", color="tab:gray", ms=5, lw=1.5,
+                  label="plain ResNets, same budget, test (static front)")
+        for p, x, y in zip(front, xs, accs):
+            left.annotate(f"{p['depth']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                          color="tab:gray")
+        ys += accs
+        gap = results.get("static_gap") or {}
+        if gap.get("gap_points") is not None:
+            left.annotate(f"static gap {gap['gap_points']:+.2f} points",
+                          (100 * e["energy_savings"], 100 * gap["front_accuracy"]), textcoords="offset points",
+                          xytext=(8, -14), fontsize=8, color="tab:red")
+    pattern = results.get("learned_pattern")
+    if pattern:
+        left.plot([100 * pattern["energy_savings"]], [100 * pattern["test_accuracy"]], "P", color="tab:purple",
+                  ms=10, label=f"EnergyNet's skip pattern as a plain network, test ({100 * pattern['test_accuracy']:.2f}%)")
+        ys.append(100 * pattern["test_accuracy"])
     left.set_xlabel("energy savings, gates charged (%)")
     left.set_ylabel("accuracy (%)")
     left.set_xlim(-2, 100)
-    ys = [100 * b["test_accuracy"], 100 * e["test_accuracy"]] + [100 * h["val_accuracy"] for h in gated]
     left.set_ylim(min(ys) - 2, max(ys) + 1.5)
     left.grid(alpha=0.3)
     left.legend(fontsize=7.5, loc="lower left")
     left.set_title(f"CIFAR-10, ResNet-{results['config']['depth']}, {results['config']['epochs']} epochs each")
+    if sweep:
+        sx = [100 * r["energy_savings"] for r in sweep]
+        sy = [100 * r["accuracy"] for r in sweep]
+        middle.plot(sx, sy, "-o", color="tab:orange", ms=4)
+        distinct = {(round(a, 4), round(x, 4)) for a, x in zip(sy, sx)}
+        for r, x, y in zip(sweep, sx, sy):
+            if r["threshold"] in (0.05, 0.25, 0.5, 0.75, 0.95):
+                middle.annotate(f"t={r['threshold']:.2f}", (x, y), textcoords="offset points", xytext=(4, 4),
+                                fontsize=7)
+        middle.set_xlabel("energy savings, gates charged (%)")
+        middle.set_ylabel("validation accuracy (%)")
+        pad = 1.0 if len(distinct) > 1 else 3.0
+        middle.set_xlim(min(sx) - pad, max(sx) + pad)
+        middle.set_ylim(min(sy) - pad, max(sy) + pad)
+        middle.grid(alpha=0.3)
+        middle.set_title(f"Gate threshold 0.05-0.95: {len(distinct)} distinct point(s)"
+                         + (" (gates saturated)" if len(distinct) == 1 else ""), fontsize=10)
     ratios = e["skip_ratio_per_block"]
     right.bar(range(1, len(ratios) + 1), [100 * r for r in ratios], color="tab:orange")
     right.set_xlabel("gated block")
@@ -434,11 +611,72 @@ def _define_flags():
     flags.DEFINE_integer("speed_rounds", 6, "Rounds of the side-by-side training-step timing (0: skip it).")
     flags.DEFINE_integer("speed_steps", 20, "Timed training steps per round and arm.")
     flags.DEFINE_string("ship_dir", None, "Also write both models without optimizer state, with SHA256SUMS and a README, here (e.g. models).")
+    flags.DEFINE_list("static_depths", [], "Also train the plain ResNets of these depths (6n+2, shallower than the preset's) on the baseline's budget in O/static/depth-<N>/ (tools.static_front), draw them as a line in accuracy_vs_energy.png and report static_gap_points: EnergyNet's test accuracy minus the static front's at EnergyNet's energy (e.g. 14,20,26,32).")
+    flags.DEFINE_boolean("learned_pattern", False, "Also train, from scratch on the baseline's budget, the plain network without the blocks EnergyNet skips for more than half of the test images (O/pattern/): does the pattern the gates found beat a uniform shallower ResNet of the same energy?")
+    flags.DEFINE_list("thresholds", [], "Gate thresholds of EnergyNet's operating-point sweep on the validation split (default 0.05, 0.10, ..., 0.95).")
     flags.DEFINE_list("seeds", [], "Run the reproduction once per seed in O/seed-<N>/ and write the seed spread of both arms to O/seeds.json and O/seeds.md (the preset's seed is replaced).")
 
 
-def reproduce_one(preset, out, data_dir, command, ship_dir=None):
-    """Runs (or resumes) one side-by-side reproduction in `out`; returns its results dict."""
+def _threshold_sweep(out, thresholds):
+    """EnergyNet's threshold sweep on its validation split, cached in `out/energynet/threshold_sweep.json`."""
+    from energynet_tf import evaluation
+    from energynet_tf import io_utils
+    from tools import evaluate
+
+    thresholds = evaluation.default_thresholds() if thresholds is None else thresholds
+    path = os.path.join(out, "energynet", "threshold_sweep.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            cached = json.load(f)
+        if [r["threshold"] for r in cached] == thresholds:
+            return cached
+    model, dataset, _ = evaluate.load(os.path.join(out, "energynet"), split="validation")
+    rows = evaluate.sweep(model, dataset, thresholds)
+    io_utils.atomic_write_json(path, rows)
+    return rows
+
+
+def _per_image_figures(out, results):
+    """`per_image_energy.png` and `skip_by_class.png` from EnergyNet's per-image arrays; returns the names written."""
+    import numpy as np
+
+    from tools import plots
+
+    path = os.path.join(out, "energynet", "per_image.npz")
+    written = []
+    if not os.path.exists(path):
+        print(f"[reproduce] no {path} (a run of an earlier version): per-image figures skipped", flush=True)
+        return written
+    depth = results["config"]["depth"]
+    series = [(f"EnergyNet-{depth}", np.load(path)["energy"])]
+    pattern = os.path.join(out, "pattern", "per_image.npz")
+    if os.path.exists(pattern):
+        series.append(("its skip pattern as a plain network", np.load(pattern)["energy"]))
+    plots.plot_energy_histogram(series, os.path.join(out, "per_image_energy.png"),
+                                f"EnergyNet-{depth} (preset {results['preset']}): energy per test image")
+    written.append("per_image_energy.png")
+    by_class = results["energynet"].get("skip_ratio_by_class")
+    if by_class and results["energynet"]["skip_ratio_per_block"]:
+        names = CLASS_NAMES if len(by_class) == len(CLASS_NAMES) else [str(c) for c in range(len(by_class))]
+        plots.plot_skip_heatmap(by_class, names, os.path.join(out, "skip_by_class.png"),
+                                f"EnergyNet-{depth} (preset {results['preset']}): test skip ratio by block and class")
+        written.append("skip_by_class.png")
+    return written
+
+
+def reproduce_one(preset, out, data_dir, command, ship_dir=None, static_depths=(), pattern=False, thresholds=None):
+    """Runs (or resumes) one side-by-side reproduction in `out`; returns its results dict.
+
+    Args:
+        preset: the resolved `Preset`.
+        out: the output directory (absolute).
+        data_dir: the tfds directory (absolute).
+        command: the command line, for the results.
+        ship_dir: also ship both models here.
+        static_depths: shallower plain ResNets to train on the baseline's budget (`O/static/`).
+        pattern: also train EnergyNet's skip pattern as a plain network (`O/pattern/`).
+        thresholds: the gate thresholds of the validation sweep (None: 0.05 ... 0.95).
+    """
     os.makedirs(out, exist_ok=True)
     runs.lock_directory(out)
     started = time.time()
@@ -470,6 +708,29 @@ def reproduce_one(preset, out, data_dir, command, ship_dir=None):
     energynet = runs.run_trainer("energynet", os.path.join(out, "energynet"),
                                  [f"--data_dir={data_dir}", *preset.energynet_flags(branch)],
                                  os.path.join(out, "energynet.log"))
+    static = None
+    if static_depths:
+        from tools import static_front
+
+        print(f"[reproduce] static front: plain ResNet-{', -'.join(map(str, static_depths))} on the baseline's "
+              f"budget ({preset.epochs} epochs each)", flush=True)
+        static = static_front.train_front(os.path.join(out, "static"), list(static_depths), preset, data_dir,
+                                          echo=False, check_flags=False)
+    pattern_metrics = None
+    if pattern:
+        removed = learned_pattern(energynet)
+        if not removed:
+            print("[reproduce] EnergyNet skips no block for most test images: no learned pattern to train", flush=True)
+        else:
+            print(f"[reproduce] EnergyNet's skip pattern as a plain network: blocks {removed} removed, "
+                  f"{preset.epochs} epochs from scratch", flush=True)
+            pattern_metrics = runs.run_trainer(
+                "pattern", os.path.join(out, "pattern"),
+                [f"--data_dir={data_dir}", *preset.baseline_flags(), f"--removed_blocks={','.join(map(str, removed))}"],
+                os.path.join(out, "pattern.log"))
+            pattern_metrics["removed_blocks"] = removed
+    print("[reproduce] EnergyNet's operating points: gate threshold sweep on the validation split", flush=True)
+    sweep = _threshold_sweep(out, thresholds)
     speed = previous.get("training_step_time")
     if speed is None and FLAGS.speed_rounds > 0:
         print(f"[reproduce] 3/3 training-step time, {FLAGS.speed_rounds} alternating rounds", flush=True)
@@ -478,18 +739,67 @@ def reproduce_one(preset, out, data_dir, command, ship_dir=None):
     io_utils.atomic_write_json(state_path, {"config": dataclasses.asdict(preset), "wall_seconds": wall,
                                             "training_step_time": speed})
     results = summarise(FLAGS.preset, preset, baseline, energynet, speed, runs.git_commit(),
-                        baseline["wall_seconds"] + energynet["wall_seconds"], command)
+                        baseline["wall_seconds"] + energynet["wall_seconds"], command, static=static,
+                        pattern=pattern_metrics, sweep=sweep)
     results["tool_wall_seconds"] = wall
     io_utils.atomic_write_json(os.path.join(out, "results.json"), results)
     io_utils.atomic_write_text(os.path.join(out, "results.md"), results_markdown(results))
     plot(results, baseline.get("history", []), energynet.get("history", []),
          os.path.join(out, "accuracy_vs_energy.png"))
+    figures = _per_image_figures(out, results)
     if ship_dir:
         ship_models(out, results, os.path.abspath(ship_dir))
         print(f"[reproduce] shipped the models to {ship_dir}", flush=True)
     print(results_markdown(results), flush=True)
-    print(f"[reproduce] wrote {out}/results.json, results.md, accuracy_vs_energy.png", flush=True)
+    print(f"[reproduce] wrote {out}/results.json, results.md, {', '.join(['accuracy_vs_energy.png'] + figures)}",
+          flush=True)
     return results
+
+
+def parse_static_depths(values, preset):
+    """The `--static_depths` list as sorted ints, each a CIFAR ResNet depth shallower than the preset's.
+
+    Raises:
+        UsageError: for a depth that is not 6n+2, repeated, or not shallower than `preset.depth`.
+    """
+    from energynet_tf import backbone
+
+    depths = []
+    for v in values:
+        try:
+            d = int(v)
+        except ValueError:
+            raise UsageError(f"--static_depths: {v!r} is not an integer") from None
+        if d not in backbone.CIFAR_DEPTHS:
+            raise UsageError(f"--static_depths: {d} is not a CIFAR ResNet depth (6n+2); allowed: "
+                             f"{', '.join(str(x) for x in backbone.CIFAR_DEPTHS)}")
+        if d >= preset.depth:
+            raise UsageError(f"--static_depths: {d} is not shallower than the preset's depth {preset.depth} "
+                             "(the baseline is the front's deepest point)")
+        if d in depths:
+            raise UsageError(f"--static_depths: {d} is repeated")
+        depths.append(d)
+    return sorted(depths)
+
+
+def learned_pattern(energynet, majority=0.5):
+    """The gated blocks (from 1) EnergyNet skips for more than `majority` of the test images."""
+    return [i + 1 for i, r in enumerate(energynet["skip_ratio_per_block"]) if r > majority]
+
+
+def static_front_points(baseline, static):
+    """The static front as `[{depth, test_accuracy, energy}]`, energies over the baseline's E_total.
+
+    Args:
+        baseline: the baseline arm's metrics (the front's deepest point).
+        static: `{depth: metrics}` of the shallower plain networks.
+    """
+    reference = baseline["baseline_energy"]
+    points = [{"depth": d, "test_accuracy": m["test_accuracy"], "energy": m["baseline_energy"] / reference,
+               "epochs": m["epochs"], "wall_seconds": m["wall_seconds"]} for d, m in sorted(static.items())]
+    points.append({"depth": baseline.get("depth"), "test_accuracy": baseline["test_accuracy"], "energy": 1.0,
+                   "epochs": baseline["epochs"], "wall_seconds": baseline["wall_seconds"]})
+    return points
 
 
 def parse_seeds(values):
@@ -570,6 +880,10 @@ def main():
     if FLAGS.speed_rounds < 0 or FLAGS.speed_steps < 1:
         raise UsageError("--speed_rounds must be >= 0 and --speed_steps >= 1")
     preset = parse_overrides(PRESETS[FLAGS.preset], FLAGS.set)
+    static_depths = parse_static_depths(FLAGS.static_depths, preset)
+    from tools import evaluate
+
+    thresholds = evaluate.parse_thresholds(FLAGS.thresholds)
     seeds = parse_seeds(FLAGS.seeds)
     if seeds and FLAGS.ship_dir:
         raise UsageError("--ship_dir ships one reproduction; it cannot be combined with --seeds")
@@ -580,7 +894,8 @@ def main():
     data_dir = os.path.abspath(data_dir)
     command = "python -m tools.reproduce " + " ".join(a for a in sys.argv[1:])
     if not seeds:
-        reproduce_one(preset, out, data_dir, command, FLAGS.ship_dir)
+        reproduce_one(preset, out, data_dir, command, FLAGS.ship_dir, static_depths, FLAGS.learned_pattern,
+                      thresholds)
         return
     from energynet_tf import io_utils
 
@@ -588,7 +903,8 @@ def main():
     for k, seed in enumerate(seeds):
         print(f"[reproduce] seed {seed} ({k + 1}/{len(seeds)})", flush=True)
         per_seed.append(reproduce_one(dataclasses.replace(preset, seed=seed), os.path.join(out, f"seed-{seed}"),
-                                      data_dir, command))
+                                      data_dir, command, static_depths=static_depths,
+                                      pattern=FLAGS.learned_pattern, thresholds=thresholds))
     spread = seed_spread(per_seed)
     io_utils.atomic_write_json(os.path.join(out, "seeds.json"), spread)
     io_utils.atomic_write_text(os.path.join(out, "seeds.md"), seeds_markdown(spread, command, preset))

@@ -89,24 +89,33 @@ def read_static_csv(path):
     return out
 
 
-def main():
-    if not FLAGS.out:
-        raise UsageError("--out is required: the output directory (e.g. --out=runs/static)")
-    depths = parse_depths(FLAGS.depths)
-    preset = reproduce.parse_overrides(reproduce.PRESETS[FLAGS.preset], FLAGS.set)
-    data_dir = FLAGS.data_dir or os.environ.get("TFDS_DATA_DIR")
-    if not data_dir:
-        raise UsageError("--data_dir is required (or TFDS_DATA_DIR): the tfds directory holding cifar10/3.0.2")
-    data_dir = os.path.abspath(data_dir)
-    out = os.path.abspath(FLAGS.out)
+def train_front(out, depths, preset, data_dir, echo=False, check_flags=True):
+    """Trains (or resumes) the plain ResNet of every depth on `preset`'s baseline budget in `out/depth-<N>/`.
+
+    Writes `out/static.csv` at the end. Finished depths are not retrained.
+
+    Args:
+        out: the front's directory (absolute).
+        depths: sorted CIFAR ResNet depths.
+        preset: a `tools.reproduce.Preset` (its baseline arm's recipe; its depth is replaced).
+        data_dir: the tfds directory (absolute).
+        echo: print the trainers' own progress lines too.
+        check_flags: check the trainer's flags once before the first run.
+
+    Returns:
+        `{depth: metrics}` of the finished runs (each with its `model_dir`).
+
+    Raises:
+        UsageError: if `out` holds a front of another budget, or a run failed.
+    """
     plans = {d: [f"--data_dir={data_dir}", *dataclasses.replace(preset, depth=d).baseline_flags()] for d in depths}
     state_path = os.path.join(out, "static_state.json")
     config = {"preset": dataclasses.asdict(preset)}
     previous = runs.previous_config(state_path)
-    if previous is not None and previous != config:
-        raise UsageError(f"--out={FLAGS.out} holds a static front of another budget; use the same "
-                         "--preset and --set, or a new --out")
-    if previous is None:
+    if previous is not None and reproduce._with_defaults(previous.get("preset")) != config["preset"]:
+        raise UsageError(f"{out} holds a static front of another budget; use the same preset and --set, "
+                         "or a new output directory")
+    if previous is None and check_flags:
         runs.check_trainer_flags("cifar", [*plans[depths[0]], f"--model_dir={os.path.join(out, f'depth-{depths[0]}')}"])
     runs.claim_out(out, state_path, config)
     results = {}
@@ -114,7 +123,7 @@ def main():
         model_dir = os.path.join(out, f"depth-{depth}")
         print(f"[static_front] {k + 1}/{len(depths)}: ResNet-{depth}, {preset.epochs} epochs", flush=True)
         metrics = runs.run_trainer(f"ResNet-{depth}", model_dir, plans[depth],
-                                   os.path.join(out, "logs", f"depth-{depth}.log"), echo=FLAGS.echo)
+                                   os.path.join(out, "logs", f"depth-{depth}.log"), echo=echo)
         metrics["model_dir"] = model_dir
         results[depth] = metrics
         print(f"[static_front] ResNet-{depth}: test accuracy {100 * metrics['test_accuracy']:.2f}%", flush=True)
@@ -125,7 +134,20 @@ def main():
         writer.writeheader()
         writer.writerows(table)
     os.replace(tmp, os.path.join(out, "static.csv"))
-    for row in table:
+    return results
+
+
+def main():
+    if not FLAGS.out:
+        raise UsageError("--out is required: the output directory (e.g. --out=runs/static)")
+    depths = parse_depths(FLAGS.depths)
+    preset = reproduce.parse_overrides(reproduce.PRESETS[FLAGS.preset], FLAGS.set)
+    data_dir = FLAGS.data_dir or os.environ.get("TFDS_DATA_DIR")
+    if not data_dir:
+        raise UsageError("--data_dir is required (or TFDS_DATA_DIR): the tfds directory holding cifar10/3.0.2")
+    out = os.path.abspath(FLAGS.out)
+    results = train_front(out, depths, preset, os.path.abspath(data_dir), echo=FLAGS.echo)
+    for row in rows(results):
         print(f"[static_front] ResNet-{row['depth']}: {100 * row['test_accuracy']:.2f}% at "
               f"{100 * row['relative_energy']:.1f}% of ResNet-{max(depths)}'s energy", flush=True)
     print(f"[static_front] wrote {out}/static.csv", flush=True)
