@@ -311,6 +311,7 @@ def test_energy_loss_closes_gates():
     ({"weight_decay": -1e-4}, ValueError, "weight_decay"),
     ({"energy_term": "soft"}, ValueError, "energy_term"),
     ({"gate_lr_multiplier": float("nan")}, ValueError, "gate_lr_multiplier"),
+    ({"removed_blocks": [1]}, ValueError, "removed_blocks"),
 ])
 def test_bad_constructor_arguments(kwargs, error, needle):
     with pytest.raises(error, match=needle):
@@ -358,3 +359,66 @@ def test_walk_runs_a_gated_block_the_callers_way():
     # Block 0 always runs as itself; gated blocks 1 and 2 go through `run`.
     assert ran == [("block01", "d0"), ("block02", "d1")]
     assert tuple(x.shape) == (2, 8, 8, 64)
+
+
+def test_removed_blocks_leave_exactly_their_residual_branches_untrained():
+    full = _trainable(EnergyNet(depth=14, baseline=True))
+    # Block 1: two 3x3 16->16 convs and their BNs' gamma and beta.
+    assert full - _trainable(EnergyNet(depth=14, baseline=True, removed_blocks=[1])) == 2 * (9 * 16 * 16 + 32)
+    # Block 2 opens stage 2: its branch (16->32 stride 2, 32->32) goes; its projection shortcut stays.
+    branch = 9 * 16 * 32 + 64 + 9 * 32 * 32 + 64
+    assert full - _trainable(EnergyNet(depth=14, baseline=True, removed_blocks=[2])) == branch
+
+
+def test_a_plain_network_with_removed_blocks_runs_their_shortcuts_and_charges_the_rest(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = EnergyNet(depth=14, baseline=True, removed_blocks=[1, 4], zero_init_residual=False)
+    training.compile_model(model, keras.optimizers.SGD(0.05, momentum=0.9))
+    x, y = _data(16)
+    removed_before = [w.numpy().copy() for w in model.res_blocks[1].weights]
+    kept_before = [w.numpy().copy() for w in model.res_blocks[2].weights]
+    logs = model.fit(x, y, epochs=1, batch_size=8, verbose=0).history
+    # Never run: not a single weight (moving statistics included) of the removed block moved.
+    for before, w in zip(removed_before, model.res_blocks[1].weights):
+        np.testing.assert_array_equal(before, w.numpy())
+    assert any(not np.array_equal(b, w.numpy()) for b, w in zip(kept_before, model.res_blocks[2].weights))
+    table = model.energy_table
+    spent = table.fixed_energy + sum(e for i, e in enumerate(table.block_energy) if i not in (0, 3))
+    assert logs["energy_savings"][0] == pytest.approx(1 - spent / table.total_energy, rel=1e-5)
+    assert logs["skip_01"][0] == 1.0 and logs["skip_04"][0] == 1.0 and logs["skip_02"][0] == 0.0
+    # The forward pass is the walk with the removed blocks' shortcuts.
+    h = model.stem(x)
+    for plan, block in zip(model.plan.blocks, model.res_blocks):
+        h = block.shortcut(h) if plan.gate is not None and plan.gate + 1 in (1, 4) else block(h)
+    np.testing.assert_allclose(model.head(h), model(x), rtol=1e-5, atol=1e-5)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert loaded.removed_blocks == (1, 4)
+    np.testing.assert_array_equal(loaded(x), model(x))
+    assert _trainable(loaded) == _trainable(model)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"baseline": True, "removed_blocks": [0]}, r"\[1, 5\]"),
+    ({"baseline": True, "removed_blocks": [6]}, r"\[1, 5\]"),
+    ({"baseline": True, "removed_blocks": [2, 2]}, "repeats"),
+    ({"baseline": True, "removed_blocks": "12"}, "list of gated block numbers"),
+    ({"removed_blocks": [1]}, "baseline=True"),
+])
+def test_bad_removed_blocks(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        EnergyNet(depth=14, **kwargs)
+
+
+def test_inference_threshold_moves_decisions_but_not_training():
+    model = EnergyNet(depth=8, gate_bias_init=0.0)
+    model.gate.output_dense.kernel.assign(np.zeros((10, 1), "float32"))
+    x, _ = _data(4)
+    # Every gate's probability is exactly sigmoid(0) = 0.5.
+    assert np.asarray(model.forward(x)["decisions"]).sum() == 0  # 0.5 > 0.5 is false
+    assert np.asarray(model.forward(x, threshold=0.49)["decisions"]).all()
+    assert not np.asarray(model.forward(x, threshold=0.51)["decisions"]).any()
+    model.gate_noise.assign(0.0)
+    trained = model.forward(x, training=True, threshold=0.49)["decisions"]
+    assert np.asarray(trained).sum() == 0  # training decides at 0.5 whatever the threshold

@@ -25,7 +25,8 @@ def figures(fake_cifar_dir, tmp_path_factory):
 def test_writes_every_figure(figures):
     out, _ = figures
     names = ["accuracy_vs_energy.png", "skip_ratios.png", "energy_per_class_first.png", "examples_first.png",
-             "energy_per_class_second.png", "examples_second.png"]
+             "energy_per_class_second.png", "examples_second.png", "energy_histogram_first.png",
+             "skip_by_class_first.png", "energy_histogram_second.png", "skip_by_class_second.png"]
     for name in names:
         with open(os.path.join(out, name), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
@@ -43,6 +44,13 @@ def test_per_image_numbers_agree_with_the_runs_metrics(figures):
     num_blocks = len(metrics["skip_ratio_per_block"]) + 1
     assert per_image["blocks"].min() >= 1 and per_image["blocks"].max() <= num_blocks
     assert len(per_image["class_names"]) == 10
+    # The trainer kept the same per-image arrays and summarised them in metrics.json.
+    kept = np.load(os.path.join(runs[0], "per_image.npz"))
+    np.testing.assert_array_equal(kept["decisions"], per_image["decisions"])
+    np.testing.assert_allclose(kept["energy"], per_image["energy"], rtol=1e-6)
+    assert metrics["per_image_energy"]["mean"] == pytest.approx(float(per_image["energy"].mean()), abs=1e-6)
+    assert metrics["distinct_paths"] == len(np.unique(per_image["decisions"], axis=0))
+    assert len(metrics["skip_ratio_by_class"]) == 10 and len(metrics["savings_by_class"]) == 10
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -65,6 +65,12 @@ def test_smoke_run_writes_the_documented_outputs(smoke_run):
     assert metrics["phase3_reason"].startswith("phase III")
     assert len(metrics["skip_ratio_per_block"]) == 2
     assert metrics["baseline_energy"] > 0
+    # What the gates chose, image by image (docs/design.md §3.3).
+    assert set(metrics["per_image_energy"]) == {"mean", "std", "p10", "p50", "p90", "min", "max"}
+    assert metrics["per_image_energy"]["mean"] == pytest.approx(metrics["normalised_energy"], abs=1e-5)
+    assert metrics["distinct_paths"] >= 1 and isinstance(metrics["selective_blocks"], list)
+    assert len(metrics["savings_by_class"]) == 10 and len(metrics["gate_logits"]) == 2
+    assert os.path.exists(os.path.join(model_dir, "per_image.npz"))
     with open(os.path.join(model_dir, "config.json")) as f:
         config = json.load(f)
     assert config["depth"] == 8 and config["schedule"]["phase1_epochs"] == 1
@@ -140,10 +146,14 @@ def test_missing_data_fails_fast_and_writes_nothing(tmp_path):
     ("--phase3_gate_lr_multiplier=-1", "--phase3_gate_lr_multiplier=-1"),
     ("--decoupled_weight_decay=-1", "--decoupled_weight_decay=-1"),
     ("--cosine_start_epoch=-1", "--cosine_start_epoch=-1"),
+    ("--removed_blocks=1", "unless baseline is set"),
+    ("--baseline --removed_blocks=3", "[1, 2] for depth 8"),
+    ("--baseline --removed_blocks=1,1", "distinct"),
+    ("--baseline --removed_blocks=one", "comma-separated list"),
 ])
 def test_bad_flags_exit_2_with_one_line(flag, needle, tmp_path, fake_data_dir):
     model_dir = tmp_path / "m"
-    result = run_trainer(f"--data_dir={fake_data_dir}", f"--model_dir={model_dir}", flag)
+    result = run_trainer(f"--data_dir={fake_data_dir}", f"--model_dir={model_dir}", "--depth=8", *flag.split())
     assert result.returncode == 2, result.stderr[-2000:]
     assert len(error_lines(result)) == 1 and needle in error_lines(result)[0]
     assert "Traceback" not in result.stderr

@@ -11,6 +11,9 @@ runs; a trainer run directory or a `tools.reproduce` arm). Writes to `O/`:
 - `energy_per_class_<run>.png`: the distribution of the energy each test image
   spent, per class (which classes EnergyNet finds easy), for each gated run;
 - `examples_<run>.png`: the test images that ran the fewest and the most blocks;
+- `energy_histogram_<run>.png`: the histogram of each test image's energy, the
+  baseline's (1.0) marked: one bar means every image spends the same;
+- `skip_by_class_<run>.png`: blocks x classes heat map of the skip ratios;
 - `per_image_<run>.npz`: the per-image numbers behind the last two (label,
   prediction, executed blocks, normalised energy).
 """
@@ -120,14 +123,15 @@ def per_image(run, max_examples=None):
 
     Returns:
         A dict of numpy arrays: `images` (uint8-range floats for display),
-        `labels`, `predictions`, `blocks` (residual blocks executed, the
-        ungated first one included) and `energy` (normalised, gates charged),
-        and `class_names`.
+        `labels`, `predictions`, `decisions` (1: the gated block ran),
+        `blocks` (residual blocks executed, the ungated first one included)
+        and `energy` (normalised, gates charged), and `class_names`.
     """
     import keras
     import numpy as np
 
     import energynet_tf  # noqa: F401  (registers the classes)
+    from energynet_tf import evaluation
     from energynet_tf.data import cifar
 
     config = run["config"]
@@ -136,27 +140,20 @@ def per_image(run, max_examples=None):
                               validation_examples=config["validation_examples"],
                               max_train_examples=config["max_train_examples"])
     model = keras.saving.load_model(os.path.join(run["path"], "model.keras"), compile=False)
-    images, labels, predictions, blocks, energy = [], [], [], [], []
-    seen = 0
-    for x, y in data.test:
-        out = model.forward(x, training=False)
-        decisions = out["decisions"]
+    arrays = evaluation.collect(model, data.test, max_examples=max_examples)
+    images = []
+    for x, _ in data.test:
         images.append(np.asarray(x))
-        labels.append(np.asarray(y))
-        predictions.append(np.argmax(np.asarray(out["logits"]), axis=-1))
-        blocks.append(1 + np.asarray(decisions).sum(axis=1))
-        energy.append(np.asarray(model.inference_energy(decisions)))
-        seen += len(y)
-        if max_examples is not None and seen >= max_examples:
+        if max_examples is not None and sum(len(i) for i in images) >= max_examples:
             break
-    cut = slice(0, max_examples)
-    raw = np.concatenate(images)[cut] * np.asarray(cifar.STD) + np.asarray(cifar.MEAN)
+    raw = np.concatenate(images)[:len(arrays["labels"])] * np.asarray(cifar.STD) + np.asarray(cifar.MEAN)
     return {
         "images": np.clip(raw, 0, 1),
-        "labels": np.concatenate(labels)[cut],
-        "predictions": np.concatenate(predictions)[cut],
-        "blocks": np.concatenate(blocks)[cut],
-        "energy": np.concatenate(energy)[cut],
+        "labels": arrays["labels"],
+        "predictions": arrays["predictions"],
+        "decisions": arrays["decisions"],
+        "blocks": 1 + arrays["decisions"].sum(axis=1),
+        "energy": arrays["energy"],
         "class_names": list(data.class_names),
     }
 
@@ -324,7 +321,16 @@ def main():
                  class_names=np.asarray(stats["class_names"]))
         plot_energy_per_class(stats, label, os.path.join(out, f"energy_per_class_{safe}.png"))
         plot_examples(stats, label, FLAGS.examples, os.path.join(out, f"examples_{safe}.png"))
-        written += [f"energy_per_class_{safe}.png", f"examples_{safe}.png", f"per_image_{safe}.npz"]
+        plot_energy_histogram([(label, stats["energy"])], os.path.join(out, f"energy_histogram_{safe}.png"),
+                              f"{label}: energy per test image")
+        from energynet_tf import evaluation
+
+        summary = evaluation.summarise(stats["decisions"], stats["labels"], stats["energy"],
+                                       len(stats["class_names"]))
+        plot_skip_heatmap(summary["skip_ratio_by_class"], stats["class_names"],
+                          os.path.join(out, f"skip_by_class_{safe}.png"), f"{label}: test skip ratio by block and class")
+        written += [f"energy_per_class_{safe}.png", f"examples_{safe}.png", f"energy_histogram_{safe}.png",
+                    f"skip_by_class_{safe}.png", f"per_image_{safe}.npz"]
     print(f"[plots] wrote {', '.join(written)} to {out}", flush=True)
 
 
