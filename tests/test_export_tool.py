@@ -76,6 +76,7 @@ def test_export_writes_saved_model_tflite_and_metadata(run_dir, tmp_path):
         (("--model_dir={run}", "--out={tmp}/o", "--no_such_flag"), "no_such_flag"),
         (("--model_dir={run}", "--out={tmp}/o", "stray"), "unexpected arguments"),
         (("--model_dir={run}", "--out={run}"), "is not empty"),
+        (("--model_dir={run}", "--out={tmp}/o", "--threshold=1"), "--threshold=1.0 must be in (0, 1)"),
     ],
 )
 def test_bad_flags_and_paths_fail_in_one_line_and_write_nothing(run_dir, tmp_path, args, message):
