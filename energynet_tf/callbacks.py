@@ -85,6 +85,10 @@ class AlphaPhases(keras.callbacks.Callback):
             self.model.gates_forced_open.assign(1.0 if forced else 0.0)
         if hasattr(self.model, "gate_lr_multiplier"):
             self.model.gate_lr_multiplier.assign(0.0 if forced else self.schedule.gate_multiplier(self.phase))
+        if hasattr(self.model, "policy_weight"):
+            self.model.policy_weight.assign(self.schedule.policy(self.phase))
+            self.model.exploration.assign(self.schedule.exploration)
+            self.model.batch_shaping_weight.assign(self.schedule.batch_shaping_weight)
         self._set_lr(epoch, self.batch_offset)
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -105,6 +109,8 @@ class AlphaPhases(keras.callbacks.Callback):
         logs["lr"] = float(self._lr)
         if hasattr(self.model, "gate_lr_multiplier"):
             logs["gate_lr_multiplier"] = float(self.model.gate_lr_multiplier.numpy())
+        if self.schedule.reinforce_phases:
+            logs["policy_weight"] = float(self.model.policy_weight.numpy())
         accuracy = logs.get(self.monitor, logs.get("accuracy"))
         epochs_in_phase = epoch + 1 - self.phase_start_epoch
         schedule = self.schedule

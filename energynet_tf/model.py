@@ -12,6 +12,7 @@ from energynet_tf import blocks as blocks_lib
 from energynet_tf import energy as energy_lib
 from energynet_tf import gates as gates_lib
 from energynet_tf import metrics as metrics_lib
+from energynet_tf import reinforce
 from energynet_tf import systolic
 
 PACKAGE = "energynet_tf"
@@ -85,6 +86,24 @@ class EnergyNet(keras.Model):
             skip pattern (e.g. the one a trained EnergyNet learned), trained
             from scratch; its energy counts only the blocks it runs, against
             the same E_total as the full network.
+        policy_weight: initial value of `policy_weight`, a non-trainable
+            variable: 0 trains the gates straight-through (cross-entropy +
+            alpha * energy); > 0 is the reinforcement stage (SkipNet's and the
+            EnergyNet authors' second stage): each gate's decision is sampled
+            from `exploration`'s mixture of its probability, the blocks train on
+            the cross-entropy of the path that ran, and the gates only on
+            `policy_weight` times the REINFORCE loss of each image's return,
+            minus its cross-entropy and alpha times the energy of the blocks
+            it ran (`reinforce.returns_to_go`; leave-one-out baseline).
+        exploration: initial value of `exploration`, a non-trainable variable
+            in [0, 1]: the reinforcement stage samples each decision from
+            `exploration / 2 + (1 - exploration) * p`, so saturated gates
+            still explore.
+        batch_shaping_weight: initial value of `batch_shaping_weight`, a
+            non-trainable variable: the weight of Bejnordi et al.'s
+            batch-shaping loss on the gates' probabilities (0: off).
+        batch_shaping_prior: `(a, b)` of its Beta prior (default (0.6, 0.4):
+            mass at both ends, gates on for about 60% of the images).
         **kwargs: base model arguments (`name`, ...).
 
     Raises:
@@ -109,6 +128,10 @@ class EnergyNet(keras.Model):
         gate_noise=0.0,
         energy_term="expected",
         removed_blocks=(),
+        policy_weight=0.0,
+        exploration=0.0,
+        batch_shaping_weight=0.0,
+        batch_shaping_prior=(0.6, 0.4),
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -127,9 +150,18 @@ class EnergyNet(keras.Model):
         if not np.isfinite(alpha) or alpha < 0:
             raise ValueError(f"Argument `alpha` must be finite and >= 0; received: {alpha!r}")
         for name, value in (("weight_decay", weight_decay), ("gate_lr_multiplier", gate_lr_multiplier),
-                            ("gate_noise", gate_noise)):
+                            ("gate_noise", gate_noise), ("policy_weight", policy_weight),
+                            ("exploration", exploration), ("batch_shaping_weight", batch_shaping_weight)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
                 raise ValueError(f"Argument `{name}` must be a finite number >= 0; received: {value!r}")
+        if exploration > 1:
+            raise ValueError(f"Argument `exploration` must be in [0, 1]; received: {exploration!r}")
+        prior = tuple(batch_shaping_prior) if hasattr(batch_shaping_prior, "__len__") else ()
+        if len(prior) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                      and np.isfinite(v) and v > 0 for v in prior):
+            raise ValueError("Argument `batch_shaping_prior` must be two positive numbers (a, b) of a Beta "
+                             f"distribution; received: {batch_shaping_prior!r}")
+        self.batch_shaping_prior = tuple(float(v) for v in prior)
         if energy_term not in ("expected", "decisions"):
             raise ValueError(
                 f"Argument `energy_term` must be 'expected' or 'decisions'; received: {energy_term!r}")
@@ -188,10 +220,23 @@ class EnergyNet(keras.Model):
             initializer=keras.initializers.Constant(float(gate_noise)),
             trainable=False,
         )
+        self.policy_weight = self.add_weight(
+            name="policy_weight", shape=(), initializer=keras.initializers.Constant(float(policy_weight)),
+            trainable=False)
+        self.exploration = self.add_weight(
+            name="exploration", shape=(), initializer=keras.initializers.Constant(float(exploration)),
+            trainable=False)
+        self.batch_shaping_weight = self.add_weight(
+            name="batch_shaping_weight", shape=(),
+            initializer=keras.initializers.Constant(float(batch_shaping_weight)), trainable=False)
         self._noise_seed = keras.random.SeedGenerator(1337, name="gate_noise_seed")
         self.energy_tracker = metrics_lib.EnergyMetrics(self.energy_table, name="energy_metrics")
         self.skip_tracker = metrics_lib.SkipRatios(self.num_gates, name="skip_ratios")
         self.ce_tracker = keras.metrics.Mean(name="cross_entropy")
+        # Each image's return, -(CE + alpha * energy), and the gates' mean
+        # entropy: whether a policy still explores (0: saturated gates).
+        self.reward_tracker = keras.metrics.Mean(name="mean_reward")
+        self.entropy_tracker = keras.metrics.Mean(name="policy_entropy")
         self.build((None,) + image_shape)
 
     # -- construction -------------------------------------------------------
@@ -351,7 +396,9 @@ class EnergyNet(keras.Model):
             A dict with `logits` `(batch, num_classes)`, `probabilities` (gate
             probabilities, `(batch, num_gates)`), `masks` (the decisions used,
             with straight-through gradients in training) and `decisions`
-            (the hard 0/1 decisions, no gradient).
+            (the hard 0/1 decisions, no gradient); in training of a gated
+            network also `behaviour`, the probabilities the reinforcement
+            stage samples from (`reinforce.explore`).
         """
         self._check_inputs(inputs)
         if threshold is not None and isinstance(threshold, (int, float, np.number)):
@@ -367,16 +414,31 @@ class EnergyNet(keras.Model):
             if len(gate_override.shape) == 1:
                 gate_override = ops.broadcast_to(gate_override[None, :], (batch, self.num_gates))
 
+        behaviour = []
+
         def decide(index, x):
             p, states[0] = self.gate(x, gate_index=index, states=states[0], training=training)
             if gate_override is not None:
                 m = gate_override[:, index]
+            elif not training:
+                m = gates_lib.straight_through(p, False, threshold=threshold)
             else:
-                m = gates_lib.straight_through(
-                    p, training, floor=self.gates_forced_open if training else None,
-                    noise=self.gate_noise if training else None, seed=self._noise_seed,
-                    uniform=None if gate_uniform is None else gate_uniform[:, index],
-                    threshold=None if training else threshold)
+                if gate_uniform is None:
+                    # The draw straight_through would make: one stream for both ways of deciding.
+                    u = keras.random.uniform(ops.shape(p), minval=1e-6, maxval=1.0 - 1e-6, dtype=p.dtype,
+                                             seed=self._noise_seed)
+                else:
+                    u = ops.cast(gate_uniform[:, index], p.dtype)
+                straight = gates_lib.straight_through(
+                    p, True, floor=self.gates_forced_open, noise=self.gate_noise, uniform=u)
+                # The reinforcement stage (policy_weight > 0): a sample of the
+                # behaviour policy, with no gradient (the gates learn from the
+                # policy loss; the blocks from the cross-entropy of this path).
+                b = reinforce.explore(p, self.exploration)
+                sampled = ops.maximum(reinforce.sample_decisions(b, u), ops.cast(self.gates_forced_open, p.dtype))
+                rl = ops.cast(ops.greater(self.policy_weight, 0.0), p.dtype)
+                m = rl * ops.stop_gradient(sampled) + (1.0 - rl) * straight
+                behaviour.append(b)
             probabilities.append(p)
             masks.append(m)
             return m
@@ -392,12 +454,15 @@ class EnergyNet(keras.Model):
             probabilities = ops.broadcast_to(fixed[None, :], (batch, self.num_gates))
             masks = probabilities
         decisions = ops.stop_gradient(ops.cast(ops.greater(masks, 0.5), logits.dtype))
-        return {
+        out = {
             "logits": logits,
             "probabilities": probabilities,
             "masks": masks,
             "decisions": decisions,
         }
+        if behaviour:
+            out["behaviour"] = ops.stack(behaviour, axis=1)
+        return out
 
     def call(self, inputs, training=False):
         return self.forward(inputs, training=training)["logits"]
@@ -450,12 +515,30 @@ class EnergyNet(keras.Model):
                     (ops.shape(x)[0], self.num_gates), seed=seed, dtype=tf.float32)
         out = self.forward(x, training=training, gate_uniform=gate_uniform)
         # Keras loss objects already divide by the number of replicas; the
-        # hand-made energy term must be scaled the same way (docs/design.md §4).
+        # hand-made terms must be scaled the same way (docs/design.md §4).
         ce = self.compute_loss(x=x, y=y, y_pred=out["logits"], sample_weight=sample_weight, training=training)
         charged = out["masks"] if self.energy_term == "decisions" else out["probabilities"]
         energy = ops.mean(self.expected_energy(charged))
         num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        loss = ce + ops.cast(self.alpha, ce.dtype) * energy / num_replicas
+        alpha = ops.cast(self.alpha, ce.dtype)
+        # Each image's cross-entropy: its return in the reinforcement stage, and the logged mean reward.
+        out["image_cross_entropy"] = keras.losses.sparse_categorical_crossentropy(
+            ops.reshape(y, (-1,)), out["logits"], from_logits=True)
+        if training and "behaviour" in out:
+            rl = ops.cast(ops.greater(self.policy_weight, 0.0), ce.dtype)
+            # The reinforcement stage charges the energy in the return only.
+            loss = ce + (1.0 - rl) * alpha * energy / num_replicas
+            returns = reinforce.returns_to_go(
+                ops.stop_gradient(out["image_cross_entropy"]), out["masks"],
+                np.asarray(self.energy_table.block_energy, np.float32) / self.energy_table.total_energy, alpha)
+            advantages = reinforce.leave_one_out_advantages(returns)
+            policy = reinforce.policy_loss(out["behaviour"], out["masks"], advantages)
+            loss = loss + ops.cast(self.policy_weight, ce.dtype) * policy / num_replicas
+            a, b = self.batch_shaping_prior
+            shaping = reinforce.batch_shaping_loss(out["probabilities"], a, b)
+            loss = loss + ops.cast(self.batch_shaping_weight, ce.dtype) * shaping / num_replicas
+        else:
+            loss = ce + alpha * energy / num_replicas
         if self.weight_decay > 0:
             loss = loss + self.l2_penalty() / num_replicas
         return x, y, sample_weight, out, ce, loss
@@ -477,6 +560,10 @@ class EnergyNet(keras.Model):
         self.ce_tracker.update_state(ce * num_replicas, sample_weight=batch)
         self.energy_tracker.update_state(out["decisions"], out["probabilities"])
         self.skip_tracker.update_state(out["decisions"])
+        reward = -(out["image_cross_entropy"] + ops.cast(self.alpha, "float32") * self.inference_energy(out["decisions"]))
+        self.reward_tracker.update_state(reward)
+        if self.gate is not None:
+            self.entropy_tracker.update_state(ops.mean(reinforce.entropy(out["probabilities"]), axis=1))
         return self.compute_metrics(x, y, out["logits"], sample_weight=sample_weight)
 
     def train_step(self, data):
@@ -503,10 +590,11 @@ class EnergyNet(keras.Model):
         """Loads the model's own variables (`alpha`, `gates_forced_open`, ...).
 
         Files of earlier versions hold a prefix of this list (`alpha` only,
-        then also `gates_forced_open`, then `gate_lr_multiplier`); the
-        missing ones keep their constructor values.
+        then also `gates_forced_open`, then `gate_lr_multiplier`, then
+        `gate_noise`); the missing ones keep their constructor values.
         """
-        variables = (self.alpha, self.gates_forced_open, self.gate_lr_multiplier, self.gate_noise)
+        variables = (self.alpha, self.gates_forced_open, self.gate_lr_multiplier, self.gate_noise,
+                     self.policy_weight, self.exploration, self.batch_shaping_weight)
         if len(store.keys()) < len(variables):
             for i in range(len(store.keys())):
                 variables[i].assign(store[str(i)])
@@ -533,6 +621,11 @@ class EnergyNet(keras.Model):
                 "gate_noise": float(self.gate_noise.numpy()) if hasattr(self, "gate_noise") else 0.0,
                 "energy_term": self.energy_term,
                 "removed_blocks": list(self.removed_blocks),
+                "policy_weight": float(self.policy_weight.numpy()) if hasattr(self, "policy_weight") else 0.0,
+                "exploration": float(self.exploration.numpy()) if hasattr(self, "exploration") else 0.0,
+                "batch_shaping_weight": (
+                    float(self.batch_shaping_weight.numpy()) if hasattr(self, "batch_shaping_weight") else 0.0),
+                "batch_shaping_prior": list(self.batch_shaping_prior),
             }
         )
         return config

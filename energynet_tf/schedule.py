@@ -37,6 +37,20 @@ class PhaseSchedule:
     validation accuracy, taken mid-decay, with phase II's, taken at a lower
     learning rate (BUILD.md, "the no-restart arm").
 
+    The reinforcement stage: the phases listed in `reinforce_phases` (e.g.
+    (2, 3)) train the gates by REINFORCE instead of straight-through
+    (`model.EnergyNet`'s `policy_weight`): each decision is sampled (from
+    `exploration`'s mixture of the gate's probability), the blocks train on
+    the cross-entropy of the path that ran, and the gates on `policy_weight`
+    times the policy loss of each image's return, minus its cross-entropy and
+    the phase's alpha times the energy of the blocks it ran.
+
+    Batch-shaping (Bejnordi et al. 2020): `batch_shaping_weight` weighs the
+    loss that matches each gate's probabilities over a batch to a Beta prior,
+    in every gated phase; `energy_warmup_epochs` holds alpha at 0 for the
+    first epochs of phase I, so the gates first learn to be conditional and
+    only then to save energy (the paper adds its sparsity loss after a warm-up).
+
     The phase III test: phase III runs if the drop from phase I's to phase
     II's validation accuracy, in points, exceeds `restore_threshold` plus
     `restore_z` standard errors of the difference of two accuracies measured
@@ -66,20 +80,37 @@ class PhaseSchedule:
     phase3_gate_lr_multiplier: float = None
     cosine_epochs: int = 0
     cosine_start_epoch: int = 0
+    reinforce_phases: tuple = ()
+    policy_weight: float = 0.01
+    exploration: float = 0.1
+    batch_shaping_weight: float = 0.0
+    energy_warmup_epochs: int = 0
 
     def __post_init__(self):
+        phases = self.reinforce_phases
+        if isinstance(phases, list):
+            object.__setattr__(self, "reinforce_phases", tuple(phases))
+        if (not isinstance(self.reinforce_phases, tuple) or len(set(self.reinforce_phases)) != len(self.reinforce_phases)
+                or any(p not in (1, 2, 3) or isinstance(p, bool) for p in self.reinforce_phases)):
+            raise ValueError(f"PhaseSchedule.reinforce_phases must hold distinct phases from 1, 2, 3; "
+                             f"received: {phases!r}")
+        object.__setattr__(self, "reinforce_phases", tuple(sorted(self.reinforce_phases)))
         for name in ("phase1_epochs", "phase2_epochs", "phase3_epochs", "warmup_epochs", "gate_warmup_epochs",
-                     "alpha_ramp_epochs", "cosine_epochs", "cosine_start_epoch"):
+                     "alpha_ramp_epochs", "cosine_epochs", "cosine_start_epoch", "energy_warmup_epochs"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"PhaseSchedule.{name} must be an int >= 0; received: {value!r}")
         if self.phase1_epochs < 1:
             raise ValueError(f"PhaseSchedule.phase1_epochs must be >= 1; received: {self.phase1_epochs}")
         for name in ("alpha1", "alpha2", "alpha3", "lr1", "lr2", "lr3", "restore_threshold",
-                     "gate_lr_multiplier", "restore_z"):
+                     "gate_lr_multiplier", "restore_z", "policy_weight", "exploration", "batch_shaping_weight"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"PhaseSchedule.{name} must be a finite number >= 0; received: {value!r}")
+        if self.exploration > 1:
+            raise ValueError(f"PhaseSchedule.exploration must be in [0, 1]; received: {self.exploration!r}")
+        if self.reinforce_phases and self.policy_weight == 0:
+            raise ValueError("PhaseSchedule.policy_weight must be > 0 when reinforce_phases is set; received: 0")
         value = self.phase3_gate_lr_multiplier
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
                                   or not math.isfinite(value) or value < 0):
@@ -100,11 +131,17 @@ class PhaseSchedule:
         return self.phase1_epochs + self.phase2_epochs + self.phase3_epochs
 
     def alpha(self, phase, epochs_into_phase=None):
-        """Alpha of `phase`; in phase II, `epochs_into_phase` (float) follows the ramp."""
+        """Alpha of `phase`; in phase II, `epochs_into_phase` (float) follows the ramp; 0 in phase I's energy warm-up."""
+        if phase == 1 and epochs_into_phase is not None and epochs_into_phase < self.energy_warmup_epochs:
+            return 0.0
         if phase == 2 and self.alpha_ramp_epochs > 0 and epochs_into_phase is not None:
             fraction = min(max(epochs_into_phase / self.alpha_ramp_epochs, 0.0), 1.0)
             return self.alpha1 + fraction * (self.alpha2 - self.alpha1)
         return {1: self.alpha1, 2: self.alpha2, 3: self.alpha3}[phase]
+
+    def policy(self, phase):
+        """The policy loss's weight in `phase`: `policy_weight` in a reinforcement phase, else 0."""
+        return self.policy_weight if phase in self.reinforce_phases else 0.0
 
     def gate_multiplier(self, phase):
         """The factor on the gates' gradients in `phase` (after any gate warm-up)."""

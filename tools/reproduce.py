@@ -74,6 +74,12 @@ class Preset:
             `lr2`, `lr3`, cosine within each); false: it continues the
             baseline's cosine from `branch_epoch` to `epochs` across the
             phases (`lr1`-`lr3` unused).
+        reinforce_phases: EnergyNet's phases trained by REINFORCE, e.g. "2,3"
+            ("": none; `schedule.PhaseSchedule`).
+        policy_weight, exploration: the reinforcement stage's policy-loss
+            weight and exploration.
+        batch_shaping_weight: the batch-shaping loss's weight (0: off).
+        energy_warmup_epochs: EnergyNet's first epochs of phase I with alpha 0.
         batch_size: training batch size.
         seed: seed of both arms.
         max_train_examples: train on the first N training examples (None: all).
@@ -104,6 +110,11 @@ class Preset:
     zero_init_residual: bool = True
     phase3_gate_lr_multiplier: float = None
     lr_restarts: bool = True
+    reinforce_phases: str = ""
+    policy_weight: float = 0.01
+    exploration: float = 0.1
+    batch_shaping_weight: float = 0.0
+    energy_warmup_epochs: int = 0
     batch_size: int = 128
     seed: int = 0
     max_train_examples: int = None
@@ -121,6 +132,13 @@ class Preset:
             if f.name == "energy_term":
                 if value not in ("expected", "decisions"):
                     raise UsageError(f"preset field energy_term must be 'expected' or 'decisions'; received: {value!r}")
+                continue
+            if f.name == "reinforce_phases":
+                parts = [p for p in str(value).replace("+", ",").split(",") if p.strip()]
+                if not isinstance(value, str) or any(p.strip() not in ("1", "2", "3") for p in parts) \
+                        or len(set(parts)) != len(parts):
+                    raise UsageError(f"preset field reinforce_phases must be distinct phases from 1, 2, 3 joined "
+                                     f"by '+' (e.g. 2+3); received: {value!r}")
                 continue
             if f.type is int and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise UsageError(f"preset field {f.name} must be an int >= 0; received: {value!r}")
@@ -156,7 +174,11 @@ class Preset:
             f"--energy_term={self.energy_term}",
             f"--alpha_ramp_epochs={self.alpha_ramp_epochs}",
             f"--restore_threshold={self.restore_threshold}", f"--restore_z={self.restore_z}",
-        ] + ([] if self.phase3_gate_lr_multiplier is None
+        ] + ([f"--reinforce_phases={self.reinforce_phases.replace('+', ',')}", f"--policy_weight={self.policy_weight}",
+              f"--exploration={self.exploration}"] if self.reinforce_phases else []) + (
+            [f"--batch_shaping_weight={self.batch_shaping_weight}"] if self.batch_shaping_weight else []) + (
+            [f"--energy_warmup_epochs={self.energy_warmup_epochs}"] if self.energy_warmup_epochs else []) + (
+            [] if self.phase3_gate_lr_multiplier is None
              else [f"--phase3_gate_lr_multiplier={self.phase3_gate_lr_multiplier}"])
 
     def _common_flags(self):

@@ -60,6 +60,12 @@ def define_flags(default_depth, default_batch_size=128):
     flags.DEFINE_float("momentum", 0.9, "SGD (Nesterov) momentum.")
     flags.DEFINE_integer("gate_units", 10, "Width of the gates' projections and shared LSTM cell.")
     flags.DEFINE_float("gate_bias_init", 1.0, "Initial bias of the gates' output unit (positive: gates start open).")
+    flags.DEFINE_list("reinforce_phases", [], "Phases (1, 2, 3) that train the gates by REINFORCE (the authors' and SkipNet's second stage): decisions sampled, the blocks trained on the cross-entropy of the path that ran, the gates on --policy_weight times the policy loss of each image's return, -(its cross-entropy + the phase's alpha x the energy of the blocks it ran). E.g. 2,3: phase I straight-through, then reinforcement.")
+    flags.DEFINE_float("policy_weight", 0.01, "Weight of the REINFORCE policy loss in --reinforce_phases (the authors' 0.01).")
+    flags.DEFINE_float("exploration", 0.1, "In --reinforce_phases each decision is sampled from exploration/2 + (1 - exploration) * p, so saturated gates still explore; in [0, 1].")
+    flags.DEFINE_float("batch_shaping_weight", 0.0, "Weight of the batch-shaping loss (Bejnordi et al. 2020) that matches each gate's probabilities over a batch to a Beta prior (0: off).")
+    flags.DEFINE_list("batch_shaping_prior", ["0.6", "0.4"], "The Beta prior (a, b) of --batch_shaping_weight.")
+    flags.DEFINE_integer("energy_warmup_epochs", 0, "Alpha is held at 0 for the first N epochs of phase I (with batch-shaping: gates learn to be conditional before they learn to save).")
     flags.DEFINE_list("removed_blocks", [], "With --baseline: gated blocks (numbered from 1, as the skip ratios) that the plain network never runs, each replaced by its shortcut: a fixed skip pattern trained from scratch (e.g. the blocks a trained EnergyNet skips for most images). Energies stay relative to the full network.")
     flags.DEFINE_string("init_from", None, "A baseline's model.keras (or run directory) whose weights initialise the backbone.")
     flags.DEFINE_integer("array_rows", 32, "Systolic array rows of the accelerator in the energy model.")
@@ -104,6 +110,15 @@ def check_flags(extra_config):
     except ValueError:
         raise UsageError(f"--pin_checkpoints={','.join(FLAGS.pin_checkpoints)} must be a comma-separated list of epochs") from None
     try:
+        reinforce_phases = tuple(int(p) for p in FLAGS.reinforce_phases)
+    except ValueError:
+        raise UsageError(f"--reinforce_phases={','.join(FLAGS.reinforce_phases)} must be a comma-separated list of "
+                         "phases (1, 2, 3)") from None
+    try:
+        prior = tuple(float(v) for v in FLAGS.batch_shaping_prior)
+    except ValueError:
+        raise UsageError(f"--batch_shaping_prior={','.join(FLAGS.batch_shaping_prior)} must be two numbers a,b") from None
+    try:
         removed = tuple(sorted(int(b) for b in FLAGS.removed_blocks))
     except ValueError:
         raise UsageError(f"--removed_blocks={','.join(FLAGS.removed_blocks)} must be a comma-separated list of "
@@ -115,15 +130,17 @@ def check_flags(extra_config):
         phase_epochs = [phase_epochs[0], 0, 0]
     schedule_fields = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(PhaseSchedule)}
     schedule_fields.update(phase1_epochs=phase_epochs[0], phase2_epochs=phase_epochs[1],
-                           phase3_epochs=phase_epochs[2])
+                           phase3_epochs=phase_epochs[2], reinforce_phases=reinforce_phases)
     accelerator_fields = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(AcceleratorConfig)}
     top = {f.name: FLAGS[f.name].value for f in dataclasses.fields(RunConfig)
-           if f.name in FLAGS and f.name not in ("schedule", "accelerator", "pin_checkpoints", "removed_blocks")
+           if f.name in FLAGS and f.name not in ("schedule", "accelerator", "pin_checkpoints", "removed_blocks",
+                                                 "batch_shaping_prior")
            and f.name not in extra_config}
     try:
         config = RunConfig(schedule=PhaseSchedule(**schedule_fields),
                            accelerator=AcceleratorConfig(**accelerator_fields),
-                           pin_checkpoints=pinned, removed_blocks=removed, **top, **extra_config)
+                           pin_checkpoints=pinned, removed_blocks=removed, batch_shaping_prior=prior, **top,
+                           **extra_config)
     except ValueError as e:
         # "RunConfig.batch_size ...", "PhaseSchedule.alpha2 ...": each field is its flag's name.
         match = re.search(r"\b(?:RunConfig|PhaseSchedule|AcceleratorConfig)\.(\w+)", str(e))
@@ -187,6 +204,8 @@ def build_model(config, num_classes, image_shape):
         gate_noise=config.gate_noise,
         energy_term=config.energy_term,
         removed_blocks=config.removed_blocks,
+        # policy_weight, exploration and batch_shaping_weight are set by the phase schedule each epoch.
+        batch_shaping_prior=config.batch_shaping_prior,
     )
 
 

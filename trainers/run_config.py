@@ -59,6 +59,8 @@ class RunConfig:
         gate_noise, energy_term, gate_units, gate_bias_init: the gates.
         removed_blocks: gated blocks (from 1) a baseline never runs: a plain
             network of a fixed skip pattern (`model.EnergyNet`).
+        batch_shaping_prior: the Beta prior (a, b) of the batch-shaping loss
+            (its weight is the schedule's `batch_shaping_weight`).
         momentum: SGD (Nesterov) momentum.
         init_from: a baseline's model file whose weights start the backbone.
         keep_checkpoints, checkpoint_every_steps, pin_checkpoints: checkpoints.
@@ -93,6 +95,7 @@ class RunConfig:
     gate_units: int = 10
     gate_bias_init: float = 1.0
     removed_blocks: Tuple[int, ...] = ()
+    batch_shaping_prior: Tuple[float, float] = (0.6, 0.4)
     momentum: float = 0.9
     init_from: Optional[str] = None
     keep_checkpoints: int = 2
@@ -156,6 +159,10 @@ class RunConfig:
             num_gates = backbone.backbone_spec(self.depth).num_blocks - 1
             if max(self.removed_blocks) > num_gates:
                 fail("removed_blocks", f"gated block numbers in [1, {num_gates}] for depth {self.depth}")
+        prior = self.batch_shaping_prior
+        if (not isinstance(prior, tuple) or len(prior) != 2
+                or not all(_is_number(v) and v > 0 for v in prior)):
+            fail("batch_shaping_prior", "two positive numbers (a, b)")
         for name in ("baseline", "zero_init_residual", "deterministic", "verbose", "evaluate_test"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "True or False")
@@ -184,9 +191,11 @@ class RunConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown run configuration keys: {', '.join(unknown)}")
-        for name in ("pin_checkpoints", "removed_blocks"):
+        for name in ("pin_checkpoints", "removed_blocks", "batch_shaping_prior"):
             if name in data:
                 data[name] = tuple(data[name])
+        if "reinforce_phases" in schedule:
+            schedule["reinforce_phases"] = tuple(schedule["reinforce_phases"])
         return cls(schedule=PhaseSchedule(**schedule), accelerator=AcceleratorConfig(**accelerator), **data)
 
     def differences(self, other):
