@@ -16,6 +16,9 @@ class _FakeModel:
         self.alpha = keras.Variable(0.0, trainable=False)
         self.gates_forced_open = keras.Variable(0.0, trainable=False)
         self.gate_lr_multiplier = keras.Variable(1.0, trainable=False)
+        self.policy_weight = keras.Variable(0.0, trainable=False)
+        self.exploration = keras.Variable(0.0, trainable=False)
+        self.batch_shaping_weight = keras.Variable(0.0, trainable=False)
         self.optimizer = keras.optimizers.SGD(0.0)
         self.stop_training = False
 
@@ -142,6 +145,12 @@ def test_constant_schedule_for_baselines():
     ({"phase3_epochs": -2}, "phase3_epochs"),
     ({"cosine_epochs": 5, "cosine_start_epoch": 5}, "cosine_start_epoch"),
     ({"cosine_epochs": 1.5}, "cosine_epochs"),
+    ({"reinforce_phases": (4,)}, "reinforce_phases"),
+    ({"reinforce_phases": (2, 2)}, "reinforce_phases"),
+    ({"reinforce_phases": (2,), "policy_weight": 0.0}, "policy_weight must be > 0"),
+    ({"exploration": 1.5}, "exploration"),
+    ({"batch_shaping_weight": -0.1}, "batch_shaping_weight"),
+    ({"energy_warmup_epochs": -1}, "energy_warmup_epochs"),
 ])
 def test_bad_schedules(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
@@ -247,3 +256,29 @@ def test_phase3_test_with_standard_errors_ignores_noise_but_not_real_losses():
 def test_phase3_test_with_standard_errors_needs_the_validation_size():
     with pytest.raises(ValueError, match="validation_examples"):
         callbacks.AlphaPhases(_schedule(restore_z=1.0), steps_per_epoch=2)
+
+
+def test_reinforcement_phases_set_the_policy_weight_and_batch_shaping_every_epoch():
+    cb = callbacks.AlphaPhases(_schedule(phase1_epochs=2, phase2_epochs=2, phase3_epochs=1, reinforce_phases=(2, 3),
+                                         policy_weight=0.02, exploration=0.3, batch_shaping_weight=0.5),
+                               steps_per_epoch=2, verbose=False)
+    model = _FakeModel()
+    cb.set_model(model)
+    weights, logged = [], []
+    for epoch, accuracy in enumerate([0.8, 0.8, 0.5, 0.5, 0.7]):
+        cb.on_epoch_begin(epoch)
+        weights.append((float(model.policy_weight.numpy()), float(model.exploration.numpy()),
+                        float(model.batch_shaping_weight.numpy())))
+        logs = {"val_accuracy": accuracy}
+        cb.on_epoch_end(epoch, logs)
+        logged.append(logs["policy_weight"])
+    assert [w[0] for w in weights] == pytest.approx([0.0, 0.0, 0.02, 0.02, 0.02])
+    assert logged == pytest.approx([0.0, 0.0, 0.02, 0.02, 0.02])
+    assert all(w[1] == pytest.approx(0.3) and w[2] == 0.5 for w in weights)
+
+
+def test_energy_warmup_holds_alpha_at_zero_in_the_first_epochs_of_phase1():
+    cb = callbacks.AlphaPhases(_schedule(phase1_epochs=3, energy_warmup_epochs=2, alpha1=0.1), steps_per_epoch=2,
+                               verbose=False)
+    seen, _ = _drive(cb, [0.5] * 6)
+    assert [a for _, a in seen[:4]] == [0.0, 0.0, 0.1, 0.9]

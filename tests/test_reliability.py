@@ -121,6 +121,32 @@ def test_a_kill_inside_an_epoch_resumes_at_the_step_with_the_same_metrics(uninte
     assert _metrics(model_dir) == _metrics(uninterrupted)
 
 
+REINFORCE = ("--reinforce_phases=2,3", "--policy_weight=0.5", "--exploration=0.2", "--batch_shaping_weight=0.05")
+
+
+def test_a_kill_inside_the_reinforcement_stage_resumes_to_the_same_metrics(fake_data_dir, tmp_path):
+    whole = tmp_path / "whole"
+    _run(_args(fake_data_dir, whole, *REINFORCE))
+    metrics = _metrics(whole)
+    # Phase II is the reinforcement stage: the policy loss is on and logged.
+    assert [h["policy_weight"] for h in metrics["history"]][:4] == [0.0, 0.0, 0.0, 0.5]
+    assert all("mean_reward" in h and "policy_entropy" in h for h in metrics["history"])
+    model_dir = tmp_path / "run"
+    args = _args(fake_data_dir, model_dir, *REINFORCE, "--checkpoint_every_steps=3")
+    # Epoch 5 (phase II's second), after 3 of its 8 steps.
+    target = model_dir / "checkpoints" / "epoch-0004-step-000003.json"
+    process = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not target.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert target.exists()
+    result = _run(args)
+    assert "(epoch 4 + 3 steps" in result.stdout
+    assert _metrics(model_dir) == metrics
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(fake_data_dir, tmp_path):
     model_dir = str(tmp_path / "run")
     # Phase I trains normally; phase II's absurd learning rate makes the loss NaN.

@@ -146,7 +146,9 @@ def check_flags(extra_config):
         match = re.search(r"\b(?:RunConfig|PhaseSchedule|AcceleratorConfig)\.(\w+)", str(e))
         if match and match.group(1) in FLAGS:
             name = match.group(1)
-            raise UsageError(f"--{name}={FLAGS[name].value}: {e}") from None
+            value = FLAGS[name].value
+            value = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+            raise UsageError(f"--{name}={value}: {e}") from None
         raise UsageError(str(e)) from None
     if config.init_from is not None and not os.path.exists(_model_file(config.init_from)):
         raise UsageError(f"--init_from={config.init_from}: no such model file ({_model_file(config.init_from)})")
