@@ -79,12 +79,19 @@ def returns_to_go(cross_entropy, decisions, block_energy, alpha):
 
 
 def leave_one_out_advantages(returns):
-    """`G_i - mean_{j != i} G_j` per gate over the batch (0 for a batch of one).
+    """`G_i - mean_{j != i} G_j` per gate over the global batch (0 for a batch of one).
 
     Unbiased: the baseline of image i does not depend on its own sample.
+    Under a `tf.distribute` strategy with several replicas the sums run over
+    every replica's images (an all-reduce), so the advantages do not depend
+    on how the global batch is split.
     """
     n = tf.cast(tf.shape(returns)[0], returns.dtype)
     total = tf.reduce_sum(returns, axis=0, keepdims=True)
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        total = context.all_reduce(tf.distribute.ReduceOp.SUM, total)
+        n = context.all_reduce(tf.distribute.ReduceOp.SUM, n)
     others = tf.math.divide_no_nan(total - returns, n - 1.0)
     return tf.where(n > 1.0, returns - others, tf.zeros_like(returns))
 

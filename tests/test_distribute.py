@@ -19,7 +19,8 @@ from conftest import REPO, TINY_TRAINER, error_lines, tool_env
 from tools import runs
 
 SCRIPT = textwrap.dedent("""
-    import numpy as np, keras, tensorflow as tf
+    import json, os, numpy as np, keras, tensorflow as tf
+    EXTRA = json.loads(os.environ.get("ENERGYNET_TEST_MODEL_ARGS", "{}"))
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from energynet_tf.model import EnergyNet
@@ -35,7 +36,7 @@ SCRIPT = textwrap.dedent("""
     def run(strategy):
         with strategy.scope():
             keras.utils.set_random_seed(0)
-            model = EnergyNet(depth=8, alpha=0.9, gate_bias_init=0.2)
+            model = EnergyNet(depth=8, alpha=0.9, **{"gate_bias_init": 0.2, **EXTRA})
             training.compile_model(model, keras.optimizers.SGD(0.5))
         ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
         logs = model.fit(ds, epochs=1, verbose=0).history
@@ -45,13 +46,20 @@ SCRIPT = textwrap.dedent("""
     two, logs_two = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
     diff = max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in zip(one.weights, two.weights))
     print("MAXDIFF", diff)
-    for key in ("loss", "cross_entropy", "expected_energy", "energy_savings"):
+    for key in ("loss", "cross_entropy", "expected_energy", "energy_savings", "mean_reward", "policy_entropy"):
         print("LOG", key, logs_one[key], logs_two[key])
 """)
 
 
-def test_mirrored_strategy_matches_one_device():
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+@pytest.mark.parametrize("model_args", [
+    {},
+    # The reinforcement stage (saturated open gates without exploration: duplicated
+    # examples take the same path, so per-replica batch norm sees the global statistics).
+    {"policy_weight": 0.5, "exploration": 0.0, "gate_bias_init": 30.0},
+])
+def test_mirrored_strategy_matches_one_device(model_args):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               ENERGYNET_TEST_MODEL_ARGS=json.dumps(model_args))
     result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -64,6 +72,32 @@ def test_mirrored_strategy_matches_one_device():
         if line.startswith("LOG"):
             _, key, a, b = line.split()
             assert abs(float(a) - float(b)) <= 1e-5 * max(1.0, abs(float(a))), line
+
+
+LEAVE_ONE_OUT = textwrap.dedent("""
+    import numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from energynet_tf import reinforce
+
+    returns = np.random.default_rng(0).normal(size=(6, 3)).astype("float32")
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    parts = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant(returns[3 * context.replica_id_in_sync_group:][:3]))
+    got = strategy.run(reinforce.leave_one_out_advantages, args=(parts,))
+    got = np.concatenate([t.numpy() for t in strategy.experimental_local_results(got)])
+    want = reinforce.leave_one_out_advantages(tf.constant(returns)).numpy()
+    print("MAXDIFF", float(np.abs(got - want).max()))
+""")
+
+
+def test_the_reinforce_baseline_is_over_the_global_batch_on_two_replicas():
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-c", LEAVE_ONE_OUT], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    diff = float(next(l for l in result.stdout.splitlines() if l.startswith("MAXDIFF")).split()[1])
+    assert diff < 1e-6
 
 
 # -- pieces -------------------------------------------------------------------
@@ -202,7 +236,7 @@ def test_two_workers_train_like_one_process_with_the_same_global_batch(black_cif
     assert "this worker resumes from it and writes nothing there" in results[1][1]
     # Only the chief wrote the run directory.
     assert sorted(os.listdir(chief_dir)) == [".lock", "checkpoints", "config.json", "metrics.json", "model.keras",
-                                              "tensorboard"]
+                                              "per_image.npz", "tensorboard"]
     one = _trainer(*args, f"--model_dir={tmp_path / 'one'}")
     assert one.returncode == 0, one.stderr[-3000:]
     difference = _max_relative_difference(str(tmp_path / "one" / "model.keras"), str(chief_dir / "model.keras"))
