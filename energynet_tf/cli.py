@@ -3,11 +3,18 @@
 import sys
 
 from absl import flags
+
+# Exit status of a program stopped by a full device (docs: BUILD.md, "Bad input").
+NO_SPACE_STATUS = 4
 from absl import logging
 
 
 class UsageError(Exception):
-    """A bad flag, path or file: reported as one `error: ...` line, exit status 2."""
+    """A bad flag, path or file: reported as one `error: ...` line, exit status 2 (or `exit_status`)."""
+
+    def __init__(self, message, exit_status=2):
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 def fail(message, status=2):
@@ -56,8 +63,17 @@ def run_tool(run, argv):
         reject_arguments(argv)
         run()
     except UsageError as e:
-        fail(e)
+        fail(e, e.exit_status)
     except KeyboardInterrupt as e:
         status = getattr(e, "exit_status", 130)
         fail(f"interrupted ({'SIGTERM' if status == 143 else 'SIGINT'}); nothing partial was written; "
              "rerun the same command to resume", status)
+    except OSError as e:
+        from energynet_tf import io_utils
+
+        if not io_utils.is_no_space(e):
+            raise
+        # A tool's own output (results, figures, an export) on a full device: its
+        # files are written atomically, and the trainers' runs keep their checkpoints.
+        fail(f"{e if isinstance(e, io_utils.NoSpaceError) else 'no space left on the device'}; free space and "
+             "rerun the same command to resume (finished runs are not rerun)", NO_SPACE_STATUS)

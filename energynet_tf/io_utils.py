@@ -1,8 +1,38 @@
 """Atomic file writes: a reader never sees a half-written file."""
 
+import errno
 import json
 import os
 import tempfile
+
+
+class NoSpaceError(OSError):
+    """The device filled up while a file was written; the file was not replaced and no partial file is left.
+
+    Attributes:
+        path: the file that could not be written.
+        needed: bytes the write needed, or None if unknown.
+    """
+
+    def __init__(self, path, needed=None):
+        self.path, self.needed = os.fspath(path), needed
+        size = f" ({needed:,} bytes needed)" if needed else ""
+        super().__init__(errno.ENOSPC, f"no space left on the device writing {self.path}{size}; nothing "
+                                       "partial was left there")
+
+    def __str__(self):
+        return self.strerror
+
+
+def is_no_space(error):
+    """True if `error` (any exception) says the device is full (ENOSPC, also as wrapped by h5py or zipfile)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def atomic_write_text(path, text):
@@ -12,20 +42,32 @@ def atomic_write_text(path, text):
         path: destination file.
         text: the content.
     """
+    _atomic_write(path, text.encode("utf-8"))
+
+
+def _atomic_write(path, content):
+    """Writes bytes to `path` through a temporary file; `NoSpaceError` if the device is full."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    except OSError as e:
+        if is_no_space(e):
+            raise NoSpaceError(path, len(content)) from None
+        raise
     try:
         # mkstemp creates the file readable by its owner only; results are for everyone to read.
         os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if is_no_space(e):
+            raise NoSpaceError(path, len(content)) from None
         raise
 
 
@@ -40,22 +82,9 @@ def atomic_write_npz(path, arrays):
 
     import numpy as np
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        os.chmod(tmp, 0o644)
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    _atomic_write(path, buffer.getvalue())
 
 
 def atomic_save_model(model, path):
@@ -66,10 +95,12 @@ def atomic_save_model(model, path):
     try:
         model.save(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        # Interrupted mid-write (Ctrl-C, SIGTERM): leave no partial file behind.
+    except BaseException as e:
+        # Interrupted mid-write (Ctrl-C, SIGTERM) or a full device: leave no partial file behind.
         if os.path.exists(tmp):
             os.remove(tmp)
+        if is_no_space(e):
+            raise NoSpaceError(path) from None
         raise
 
 

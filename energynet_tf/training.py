@@ -127,11 +127,27 @@ class RunCheckpoints:
         """Writes the checkpoint of `epoch` epochs completed plus `step` steps into the next."""
         os.makedirs(self.directory, exist_ok=True)
         name = _checkpoint_name(epoch, step)
-        io_utils.atomic_save_model(model, os.path.join(self.directory, name + ".keras"))
-        io_utils.atomic_write_json(os.path.join(self.directory, name + ".json"), state)
-        io_utils.atomic_write_json(self._pointer, {"epoch": epoch, "step": step, "weights": name + ".keras",
-                                                   "state": name + ".json"})
+        try:
+            io_utils.atomic_save_model(model, os.path.join(self.directory, name + ".keras"))
+            io_utils.atomic_write_json(os.path.join(self.directory, name + ".json"), state)
+            io_utils.atomic_write_json(self._pointer, {"epoch": epoch, "step": step, "weights": name + ".keras",
+                                                       "state": name + ".json"})
+        except io_utils.NoSpaceError:
+            # A full device: this checkpoint is not whole; drop its files (the
+            # previous checkpoint, and the pointer to it, stay as they were).
+            for suffix in (".keras", ".json"):
+                path = os.path.join(self.directory, name + suffix)
+                if os.path.exists(path) and not self._is_pointed_to(name):
+                    os.remove(path)
+            raise
         self._prune()
+
+    def _is_pointed_to(self, name):
+        try:
+            with open(self._pointer) as f:
+                return json.load(f).get("weights") == name + ".keras"
+        except (OSError, ValueError):
+            return False
 
     def _prune(self):
         positions = sorted(p for p in (_parse_name(f[:-5]) for f in os.listdir(self.directory)

@@ -385,3 +385,45 @@ def test_real_cifar10(no_download):
     np.testing.assert_array_equal(np.bincount(np.concatenate(labels)), [5000] * 10)
     # Nothing was written into the read-only data folder.
     assert sorted(os.listdir(version_dir)) == before
+
+
+# ----------------------------------------------------------------------------
+# Damaged files: one error naming the file and the split.
+
+
+def _damaged_copy(data_dir, tmp_path, split, damage):
+    import glob
+    import shutil
+    import struct
+
+    copy = str(tmp_path / "tfds")
+    shutil.copytree(data_dir, copy)
+    shard = sorted(glob.glob(os.path.join(copy, "cifar10", "3.0.2", f"cifar10-{split}.tfrecord*")))[0]
+    data = bytearray(open(shard, "rb").read())
+    if damage == "truncated":
+        data = data[: len(data) // 2 + 7]  # mid-record: an interrupted copy
+    elif damage == "record boundary":
+        length = struct.unpack("<Q", bytes(data[:8]))[0]
+        data = data[: 8 + 4 + length + 4]  # exactly one whole record left
+    elif damage == "flipped":
+        data[len(data) // 2] ^= 0xFF
+    with open(shard, "wb") as f:
+        f.write(bytes(data))
+    return copy, shard
+
+
+@pytest.mark.parametrize("split, damage, reason", [
+    ("train", "truncated", r"(truncated record at \d+|\d+ records instead of the 200)"),
+    ("train", "record boundary", "1 records instead of the 200"),
+    ("test", "flipped", r"corrupted record at \d+"),
+])
+def test_a_damaged_shard_is_named_with_its_split(data_dir, tmp_path, split, damage, reason):
+    copy, shard = _damaged_copy(data_dir, tmp_path, split, damage)
+    with pytest.raises(common.DataCorruptError) as info:
+        load(copy)
+    message = str(info.value)
+    import re
+
+    assert f"CIFAR-10 {split} split" in message and shard in message and re.search(reason, message), message
+    assert "copy the dataset again" in message and "\n" not in message
+    assert isinstance(info.value, DataNotFoundError)  # the programs' one-line data errors

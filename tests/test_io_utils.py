@@ -47,3 +47,41 @@ def test_a_second_holder_is_refused_naming_the_first(tmp_path):
     again = io_utils.DirectoryLock(str(tmp_path), "fourth")
     assert again.acquire() is None
     again.release()
+
+
+def _full_device(monkeypatch, after_bytes=0):
+    """Makes every os.fsync fail with ENOSPC, as a full device does at the flush."""
+    import errno
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_a_full_device_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.json"
+    io_utils.atomic_write_json(str(path), {"a": 1})
+    _full_device(monkeypatch)
+    with pytest.raises(io_utils.NoSpaceError) as info:
+        io_utils.atomic_write_json(str(path), {"a": 2})
+    assert str(path) in str(info.value) and "bytes needed" in str(info.value)
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert sorted(os.listdir(tmp_path)) == ["metrics.json"]
+    with pytest.raises(io_utils.NoSpaceError):
+        io_utils.atomic_write_npz(str(tmp_path / "p.npz"), {"x": __import__("numpy").zeros(3)})
+    assert sorted(os.listdir(tmp_path)) == ["metrics.json"]
+
+
+def test_no_space_is_recognised_through_wrapping_errors():
+    import errno
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as inner:
+            raise RuntimeError("Unable to synchronously create file") from inner
+    except RuntimeError as e:
+        assert io_utils.is_no_space(e)
+    assert io_utils.is_no_space(ValueError("write failed: [Errno 28] No space left on device"))
+    assert not io_utils.is_no_space(OSError(errno.EACCES, "Permission denied"))

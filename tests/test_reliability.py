@@ -223,3 +223,56 @@ def test_a_second_ctrl_c_stops_at_once_and_the_newest_checkpoint_is_whole(fake_d
 
     weights, state = training.RunCheckpoints(str(checkpoints)).latest()
     assert state["epoch"] >= 2
+
+
+def test_a_damaged_dataset_stops_the_trainer_before_anything_is_written(fake_data_dir, tmp_path):
+    import glob
+    import shutil
+
+    copy = tmp_path / "tfds"
+    shutil.copytree(fake_data_dir, copy)
+    shard = sorted(glob.glob(str(copy / "cifar10" / "3.0.2" / "cifar10-test.tfrecord*")))[0]
+    data = bytearray(open(shard, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(shard, "wb").write(bytes(data))
+    model_dir = tmp_path / "run"
+    result = subprocess.run(_args(copy, model_dir), cwd=REPO, env=_env(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and shard in errors[0] and "CIFAR-10 test split" in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not model_dir.exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB tmpfs (root only); the test is skipped where it cannot be mounted."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_stops_with_one_line_keeps_the_last_checkpoint_and_the_rerun_resumes(
+        uninterrupted, fake_data_dir, small_disk):
+    model_dir = small_disk / "run"
+    args = _args(fake_data_dir, model_dir, "--checkpoint_every_steps=2")
+    result = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 4, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "no space left on the device writing" in errors[0] and "free space" in errors[0]
+    assert "the last complete checkpoint (epoch" in errors[0] or "no checkpoint yet" in errors[0]
+    leftovers = [name for _, _, files in os.walk(model_dir) for name in files if name.startswith(".tmp-")]
+    assert leftovers == []
+    # More space, the same command: it resumes and ends where an uninterrupted run ends.
+    subprocess.run(["mount", "-o", "remount,size=200m", str(small_disk)], check=True)
+    again = _run(args)
+    assert "Resuming" in again.stdout or "no checkpoint yet" in errors[0]
+    assert _metrics(model_dir) == _metrics(uninterrupted)

@@ -275,3 +275,19 @@ def test_seed_spread_statistics():
 def test_bad_seeds_get_one_line(seeds, needle, tmp_path):
     result = run_tool("--data_dir=/nonexistent", f"--out={tmp_path}/o", f"--seeds={seeds}")
     assert result.returncode == 2 and needle in error_lines(result)[0]
+
+
+def test_a_trainers_one_line_reaches_the_tools_error(fake_data_dir, tmp_path):
+    import glob
+    import shutil
+
+    copy = tmp_path / "tfds"
+    shutil.copytree(fake_data_dir, copy)
+    shard = sorted(glob.glob(str(copy / "cifar10" / "3.0.2" / "cifar10-train.tfrecord*")))[0]
+    with open(shard, "r+b") as f:
+        f.truncate(os.path.getsize(shard) // 2)
+    result = run_tool(f"--data_dir={copy}", f"--out={tmp_path}/o", f"--set={TINY}", timeout=200)
+    assert result.returncode == 2
+    lines = error_lines(result)
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert "the baseline run failed (exit status 2): CIFAR-10 train split:" in lines[0] and shard in lines[0]

@@ -134,8 +134,21 @@ def run_trainer(name, model_dir, trainer_flags, log, trainer="cifar", echo=True)
                 raise
             raise
     if status != 0:
-        raise UsageError(f"the {name} run failed (exit status {status}); its output is in {log}")
+        line = last_error_line(log)
+        raise UsageError(f"the {name} run failed (exit status {status})" + (f": {line}" if line else "")
+                         + f"; its output is in {log}", exit_status=status if status in (3, 4) else 2)
     return load_metrics(model_dir)
+
+
+def last_error_line(log):
+    """The trainer's own one-line `error: ...` report at the end of `log`, without the prefix (None if none)."""
+    try:
+        with open(log, errors="replace") as f:
+            lines = f.read().splitlines()[-200:]
+    except OSError:
+        return None
+    errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+    return errors[-1] if errors else None
 
 
 def _is_runtime_chatter(line):

@@ -362,6 +362,29 @@ def _on_sigterm(signum, frame):
     raise _Terminated()
 
 
+# Exit status of a run stopped by a full device (2: usage or data, 3: training failed, 130/143: signals).
+NO_SPACE_STATUS = cli.NO_SPACE_STATUS
+
+
+def _no_space_message(error):
+    """One line for a full device: the path, the checkpoint kept, and what to do."""
+    from energynet_tf import io_utils
+    from energynet_tf import training
+
+    path = getattr(error, "path", None) or getattr(error, "filename", None)
+    what = str(error) if isinstance(error, io_utils.NoSpaceError) else (
+        f"no space left on the device{' writing ' + str(path) if path else ''}")
+    kept = "no checkpoint yet"
+    model_dir = FLAGS.model_dir if "model_dir" in FLAGS else None
+    if model_dir:
+        latest = training.RunCheckpoints(os.path.join(model_dir, "checkpoints")).latest(read_only=True)
+        if latest is not None:
+            state = latest[1]
+            at = f"epoch {state['epoch']}" + (f" + {state['step']} steps" if state.get("step") else "")
+            kept = f"the last complete checkpoint ({at}) is kept: {latest[0]}"
+    return f"{what}; {kept}; free space on that device and rerun the same command to resume"
+
+
 def main_guard(fn):
     """Runs `fn()`; the project's usage and data errors print one line to stderr and exit with status 2.
 
@@ -400,6 +423,8 @@ def main_guard(fn):
             cli.fail(e, 2)
         if isinstance(e, training.TrainingError):
             cli.fail(e, 3)
+        if io_utils.is_no_space(e):
+            cli.fail(_no_space_message(e), NO_SPACE_STATUS)
         import tensorflow as tf
 
         if isinstance(e, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)):

@@ -32,7 +32,7 @@ import tensorflow as tf
 from energynet_tf.data import common
 
 # Re-exported so that callers can catch cifar.DataNotFoundError.
-from energynet_tf.data.common import DataNotFoundError  # pylint: disable=unused-import
+from energynet_tf.data.common import DataCorruptError, DataNotFoundError  # pylint: disable=unused-import
 
 TFDS_NAME = "cifar10"
 TFDS_VERSION = "3.0.2"
@@ -124,8 +124,56 @@ def check_prepared(data_dir: str, source: str = "data_dir") -> str:
     return version_dir
 
 
+def _damaged_shard(version_dir: str, split: str, shard_lengths) -> Tuple[Optional[str], str]:
+    """The first shard of `split` whose records cannot all be read (or are too few), and why."""
+    paths = sorted(glob.glob(os.path.join(version_dir, f"{TFDS_NAME}-{split}.tfrecord*")))
+    lengths = list(shard_lengths or [])
+    for k, path in enumerate(paths):
+        count = 0
+        try:
+            for _ in tf.data.TFRecordDataset(path):
+                count += 1
+        except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as e:
+            return path, _reason(e)
+        if len(lengths) == len(paths) and count != lengths[k]:
+            return path, f"{count} records instead of the {lengths[k]} dataset_info.json lists: cut short"
+    return None, ""
+
+
+def _reason(error) -> str:
+    """'truncated record at 1234' or 'corrupted record at 1234' out of a TensorFlow error message."""
+    text = str(getattr(error, "message", error))
+    for word in ("truncated record", "corrupted record", "expected to contain"):
+        at = text.find(word)
+        if at >= 0:
+            return text[at:].split("'")[0].split("\n")[0].split(" [Op:")[0].strip().rstrip(".")
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 def _read_split(builder, split: str) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Reads and decodes a whole split into memory, in the stored order."""
+    """Reads and decodes a whole split into memory, in the stored order.
+
+    Every record is read (and its CRC checked) here, before any training.
+
+    Raises:
+      DataCorruptError: naming the damaged shard and the split.
+    """
+    try:
+        return _read_split_unchecked(builder, split)
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError,
+            tf.errors.FailedPreconditionError) as e:
+        # (tfds reports a shard cut at a record boundary as fewer elements than expected.)
+        version_dir = os.fspath(builder.data_dir)
+        path, reason = _damaged_shard(version_dir, split, builder.info.splits[split].shard_lengths)
+        fix = ("the file is cut short or its bytes changed (an interrupted or bad copy?); copy the dataset again "
+               "(check it against its checksums) and rerun")
+        if path is None:
+            path, reason = version_dir, _reason(e)
+        raise DataCorruptError(f"CIFAR-10 {split} split: {common.display_path(path)} is damaged ({reason}); "
+                               f"{fix}.") from None
+
+
+def _read_split_unchecked(builder, split: str) -> Tuple[tf.Tensor, tf.Tensor]:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     ds = builder.as_dataset(
@@ -141,7 +189,11 @@ def _read_split(builder, split: str) -> Tuple[tf.Tensor, tf.Tensor]:
         deterministic=True,
     )
     num_examples = builder.info.splits[split].num_examples
-    images, labels = ds.batch(num_examples).get_single_element()
+    # One batch bigger than the split: a shard cut at a record boundary
+    # gives fewer images than dataset_info.json says, not an error.
+    images, labels = next(iter(ds.batch(num_examples + 1)))
+    if int(labels.shape[0]) != num_examples:
+        raise tf.errors.DataLossError(None, None, f"{int(labels.shape[0])} records instead of {num_examples}")
     return tf.ensure_shape(images, (num_examples,) + IMAGE_SHAPE), labels
 
 

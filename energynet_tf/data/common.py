@@ -38,6 +38,15 @@ class DataNotFoundError(FileNotFoundError):
     """
 
 
+class DataCorruptError(DataNotFoundError):
+    """A data file is there but damaged: cut short (an interrupted copy) or with changed bytes.
+
+    A `DataNotFoundError` for the programs that report data problems in one
+    line (the usable data is not where it was looked for); the message names
+    the file, the split and what to do.
+    """
+
+
 @dataclasses.dataclass(frozen=True)
 class ClassificationData:
     """Batched image-classification datasets and their sizes.
