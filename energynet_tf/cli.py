@@ -68,7 +68,7 @@ def run_tool(run, argv):
         status = getattr(e, "exit_status", 130)
         fail(f"interrupted ({'SIGTERM' if status == 143 else 'SIGINT'}); nothing partial was written; "
              "rerun the same command to resume", status)
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 - only a full device is turned into one line here
         from energynet_tf import io_utils
 
         if not io_utils.is_no_space(e):

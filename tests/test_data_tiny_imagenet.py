@@ -416,3 +416,25 @@ def test_real_tiny_imagenet_subset():
     x, y = next(iter(big.train))
     assert x.shape == (8, 224, 224, 3) and y.dtype == tf.int32
     assert hashlib.sha256(open(REAL_ZIP, "rb").read()).hexdigest() == digest
+
+
+def test_a_damaged_member_of_the_archive_is_named(archive, tmp_path):
+    import shutil
+
+    from energynet_tf.data import common
+
+    damaged = tmp_path / "tiny-imagenet-200.zip"
+    shutil.copy(archive["zip"], damaged)
+    with zipfile.ZipFile(damaged) as z:
+        member = next(i for i in z.infolist() if i.filename.endswith(".JPEG"))
+    # Change one byte of the member's stored data (after its local header).
+    with open(damaged, "r+b") as f:
+        f.seek(member.header_offset + 30 + len(member.filename.encode()) + len(member.extra) + member.compress_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(common.DataCorruptError) as info:
+        load(str(damaged))
+    message = str(info.value)
+    assert member.filename in message and str(damaged) in message and "CRC" in message
+    assert "\n" not in message

@@ -31,6 +31,7 @@ import dataclasses
 import os
 import re
 import zipfile
+import zlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
@@ -132,7 +133,18 @@ class _ZipSource:
 
     def encoded(self, rels: Sequence[str]) -> Tuple[tf.Tensor, bool]:
         # JPEG bytes in memory (the full train split is ~250 MB): no extraction.
-        return tf.constant([self.zip.read(self.prefix + r) for r in rels], tf.string), False
+        # Every member's CRC is checked as it is read, before any training.
+        data = []
+        for r in rels:
+            try:
+                data.append(self.zip.read(self.prefix + r))
+            except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+                raise common.DataCorruptError(
+                    f"Tiny ImageNet archive {common.display_path(self.zip_path)} is damaged: member "
+                    f"{self.prefix + r} cannot be read ({e}); the archive is cut short or its bytes changed "
+                    "(an interrupted or bad copy?); copy it again (check it against its checksum) and rerun."
+                ) from None
+        return tf.constant(data, tf.string), False
 
     def close(self):
         self.zip.close()
