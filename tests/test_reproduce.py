@@ -291,3 +291,19 @@ def test_a_trainers_one_line_reaches_the_tools_error(fake_data_dir, tmp_path):
     lines = error_lines(result)
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert "the baseline run failed (exit status 2): CIFAR-10 train split:" in lines[0] and shard in lines[0]
+
+
+def test_another_arm_reuses_a_finished_baseline_and_a_different_one_is_refused(reproduction, fake_data_dir, tmp_path):
+    out, _ = reproduction
+    arm = tmp_path / "arm"
+    result = run_tool(f"--data_dir={fake_data_dir}", f"--out={arm}", f"--set={TINY},alpha2=2.0", "--speed_rounds=0",
+                      f"--reuse_baseline={out}", "--thresholds=0.5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "baseline reused from" in result.stdout and "[baseline] finished earlier" in result.stdout
+    mine = json.load(open(arm / "results.json"))
+    theirs = json.load(open(os.path.join(out, "results.json")))
+    assert mine["baseline"] == theirs["baseline"] and mine["config"]["alpha2"] == 2.0
+    refused = run_tool(f"--data_dir={fake_data_dir}", f"--out={tmp_path / 'other'}", f"--set={TINY},seed=5",
+                       f"--reuse_baseline={out}")
+    assert refused.returncode == 2
+    assert "is another baseline" in error_lines(refused)[0] and "seed" in error_lines(refused)[0]

@@ -543,7 +543,7 @@ def plot(results, baseline_history, energynet_history, path):
         middle.plot(sx, sy, "-o", color="tab:orange", ms=4)
         distinct = {(round(a, 4), round(x, 4)) for a, x in zip(sy, sx)}
         for r, x, y in zip(sweep, sx, sy):
-            if r["threshold"] in (0.05, 0.25, 0.5, 0.75, 0.95):
+            if r["threshold"] in (0.05, 0.5, 0.95):
                 middle.annotate(f"t={r['threshold']:.2f}", (x, y), textcoords="offset points", xytext=(4, 4),
                                 fontsize=7)
         middle.set_xlabel("energy savings, gates charged (%)")
@@ -635,6 +635,7 @@ def _define_flags():
     flags.DEFINE_string("ship_dir", None, "Also write both models without optimizer state, with SHA256SUMS and a README, here (e.g. models).")
     flags.DEFINE_list("static_depths", [], "Also train the plain ResNets of these depths (6n+2, shallower than the preset's) on the baseline's budget in O/static/depth-<N>/ (tools.static_front), draw them as a line in accuracy_vs_energy.png and report static_gap_points: EnergyNet's test accuracy minus the static front's at EnergyNet's energy (e.g. 14,20,26,32).")
     flags.DEFINE_boolean("learned_pattern", False, "Also train, from scratch on the baseline's budget, the plain network without the blocks EnergyNet skips for more than half of the test images (O/pattern/): does the pattern the gates found beat a uniform shallower ResNet of the same energy?")
+    flags.DEFINE_string("reuse_baseline", None, "Another reproduction's --out whose finished baseline (same depth, budget, seed and data) this one reuses, hard-linked instead of retrained (with --seeds: each seed-<N>/baseline). For ablations: every EnergyNet arm from one baseline.")
     flags.DEFINE_list("thresholds", [], "Gate thresholds of EnergyNet's operating-point sweep on the validation split (default 0.05, 0.10, ..., 0.95).")
     flags.DEFINE_list("seeds", [], "Run the reproduction once per seed in O/seed-<N>/ and write the seed spread of both arms to O/seeds.json and O/seeds.md (the preset's seed is replaced).")
 
@@ -686,7 +687,34 @@ def _per_image_figures(out, results):
     return written
 
 
-def reproduce_one(preset, out, data_dir, command, ship_dir=None, static_depths=(), pattern=False, thresholds=None):
+def _link_baseline(source_out, out, preset, data_dir):
+    """Hard-links `source_out/baseline` into `out/baseline` if it is a finished run of the same baseline."""
+    import shutil
+
+    source = os.path.join(source_out, "baseline")
+    target = os.path.join(out, "baseline")
+    if os.path.exists(target):
+        return
+    if not runs.is_finished(source):
+        raise UsageError(f"--reuse_baseline: {source} holds no finished baseline run")
+    with open(os.path.join(source, "config.json")) as f:
+        config = json.load(f)
+    wanted = {"depth": preset.depth, "batch_size": preset.batch_size, "seed": preset.seed,
+              "max_train_examples": preset.max_train_examples, "validation_examples": preset.validation_examples,
+              "weight_decay": preset.weight_decay, "zero_init_residual": preset.zero_init_residual,
+              "baseline": True}
+    different = {k: (config.get(k), v) for k, v in wanted.items() if config.get(k) != v}
+    schedule = config.get("schedule", {})
+    if schedule.get("phase1_epochs") != preset.epochs or schedule.get("lr1") != preset.lr:
+        different["epochs/lr"] = ((schedule.get("phase1_epochs"), schedule.get("lr1")), (preset.epochs, preset.lr))
+    if different:
+        raise UsageError(f"--reuse_baseline: {source} is another baseline ({different}: theirs, this preset's)")
+    shutil.copytree(source, target, copy_function=os.link, ignore=shutil.ignore_patterns(".lock"))
+    print(f"[reproduce] baseline reused from {source} (hard links)", flush=True)
+
+
+def reproduce_one(preset, out, data_dir, command, ship_dir=None, static_depths=(), pattern=False, thresholds=None,
+                  reuse_baseline=None):
     """Runs (or resumes) one side-by-side reproduction in `out`; returns its results dict.
 
     Args:
@@ -698,6 +726,7 @@ def reproduce_one(preset, out, data_dir, command, ship_dir=None, static_depths=(
         static_depths: shallower plain ResNets to train on the baseline's budget (`O/static/`).
         pattern: also train EnergyNet's skip pattern as a plain network (`O/pattern/`).
         thresholds: the gate thresholds of the validation sweep (None: 0.05 ... 0.95).
+        reuse_baseline: another reproduction's output directory whose baseline to hard-link.
     """
     os.makedirs(out, exist_ok=True)
     runs.lock_directory(out)
@@ -716,6 +745,8 @@ def reproduce_one(preset, out, data_dir, command, ship_dir=None, static_depths=(
     spent = float(previous.get("wall_seconds", 0.0))
     io_utils.atomic_write_json(state_path, {"config": dataclasses.asdict(preset), "wall_seconds": spent})
 
+    if reuse_baseline:
+        _link_baseline(reuse_baseline, out, preset, data_dir)
     print(f"[reproduce] preset {FLAGS.preset}: {json.dumps(dataclasses.asdict(preset))}", flush=True)
     print(f"[reproduce] 1/3 baseline: {preset.epochs} epochs", flush=True)
     baseline_dir = os.path.join(out, "baseline")
@@ -907,6 +938,9 @@ def main():
 
     thresholds = evaluate.parse_thresholds(FLAGS.thresholds)
     seeds = parse_seeds(FLAGS.seeds)
+    reuse_baseline = os.path.abspath(FLAGS.reuse_baseline) if FLAGS.reuse_baseline else None
+    if reuse_baseline and not os.path.isdir(reuse_baseline):
+        raise UsageError(f"--reuse_baseline={FLAGS.reuse_baseline} is not a directory")
     if seeds and FLAGS.ship_dir:
         raise UsageError("--ship_dir ships one reproduction; it cannot be combined with --seeds")
     data_dir = FLAGS.data_dir or os.environ.get("TFDS_DATA_DIR")
@@ -917,7 +951,7 @@ def main():
     command = "python -m tools.reproduce " + " ".join(a for a in sys.argv[1:])
     if not seeds:
         reproduce_one(preset, out, data_dir, command, FLAGS.ship_dir, static_depths, FLAGS.learned_pattern,
-                      thresholds)
+                      thresholds, reuse_baseline)
         return
     from energynet_tf import io_utils
 
@@ -926,7 +960,8 @@ def main():
         print(f"[reproduce] seed {seed} ({k + 1}/{len(seeds)})", flush=True)
         per_seed.append(reproduce_one(dataclasses.replace(preset, seed=seed), os.path.join(out, f"seed-{seed}"),
                                       data_dir, command, static_depths=static_depths,
-                                      pattern=FLAGS.learned_pattern, thresholds=thresholds))
+                                      pattern=FLAGS.learned_pattern, thresholds=thresholds,
+                                      reuse_baseline=reuse_baseline and os.path.join(reuse_baseline, f"seed-{seed}")))
     spread = seed_spread(per_seed)
     io_utils.atomic_write_json(os.path.join(out, "seeds.json"), spread)
     io_utils.atomic_write_text(os.path.join(out, "seeds.md"), seeds_markdown(spread, command, preset))
