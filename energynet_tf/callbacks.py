@@ -85,6 +85,10 @@ class AlphaPhases(keras.callbacks.Callback):
             self.model.gates_forced_open.assign(1.0 if forced else 0.0)
         if hasattr(self.model, "gate_lr_multiplier"):
             self.model.gate_lr_multiplier.assign(0.0 if forced else self.schedule.gate_multiplier(self.phase))
+        if hasattr(self.model, "soften_gates") and self.phase in self.schedule.reinforce_phases:
+            if self.model.soften_gates(self.schedule.reinforce_temperature) and self.verbose:
+                print(f"[phases] the reinforcement stage begins: every gate's logit divided by "
+                      f"{self.schedule.reinforce_temperature}", flush=True)
         if hasattr(self.model, "policy_weight"):
             self.model.policy_weight.assign(self.schedule.policy(self.phase))
             self.model.exploration.assign(self.schedule.exploration)

@@ -229,6 +229,10 @@ class EnergyNet(keras.Model):
         self.batch_shaping_weight = self.add_weight(
             name="batch_shaping_weight", shape=(),
             initializer=keras.initializers.Constant(float(batch_shaping_weight)), trainable=False)
+        # 1.0 once the reinforcement stage has softened the gates (`soften_gates`):
+        # saved with checkpoints, so a resumed run does not soften them twice.
+        self.gates_softened = self.add_weight(
+            name="gates_softened", shape=(), initializer="zeros", trainable=False)
         self._noise_seed = keras.random.SeedGenerator(1337, name="gate_noise_seed")
         self.energy_tracker = metrics_lib.EnergyMetrics(self.energy_table, name="energy_metrics")
         self.skip_tracker = metrics_lib.SkipRatios(self.num_gates, name="skip_ratios")
@@ -543,6 +547,28 @@ class EnergyNet(keras.Model):
             loss = loss + self.l2_penalty() / num_replicas
         return x, y, sample_weight, out, ce, loss
 
+    def soften_gates(self, temperature):
+        """Divides every gate's logit by `temperature` once (the shared output unit's kernel and bias).
+
+        Gates that straight-through training saturated (|logit| of 5-10) give
+        REINFORCE nothing to learn from: a saturated sigmoid barely moves with
+        its logit and a sampled policy explores nothing. The EnergyNet
+        authors' second stage set the gates' temperature too (`hotter(0.05)`,
+        sharpening gates their first stage left soft); here a temperature > 1
+        softens them. Done once per model (`gates_softened`), so a resumed run
+        does not soften twice.
+
+        Returns:
+            True if the gates were softened now.
+        """
+        if self.gate is None or temperature == 1.0 or float(self.gates_softened.numpy()) > 0:
+            return False
+        dense = self.gate.output_dense
+        dense.kernel.assign(dense.kernel / temperature)
+        dense.bias.assign(dense.bias / temperature)
+        self.gates_softened.assign(1.0)
+        return True
+
     def l2_penalty(self):
         """`weight_decay / 2 * sum(w**2)` over the trainable weights (coupled L2)."""
         total = ops.sum(ops.stack([ops.sum(ops.square(w)) for w in self.trainable_weights]))
@@ -594,7 +620,7 @@ class EnergyNet(keras.Model):
         `gate_noise`); the missing ones keep their constructor values.
         """
         variables = (self.alpha, self.gates_forced_open, self.gate_lr_multiplier, self.gate_noise,
-                     self.policy_weight, self.exploration, self.batch_shaping_weight)
+                     self.policy_weight, self.exploration, self.batch_shaping_weight, self.gates_softened)
         if len(store.keys()) < len(variables):
             for i in range(len(store.keys())):
                 variables[i].assign(store[str(i)])

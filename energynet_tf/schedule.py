@@ -43,7 +43,10 @@ class PhaseSchedule:
     `exploration`'s mixture of the gate's probability), the blocks train on
     the cross-entropy of the path that ran, and the gates on `policy_weight`
     times the policy loss of each image's return, minus its cross-entropy and
-    the phase's alpha times the energy of the blocks it ran.
+    the phase's alpha times the energy of the blocks it ran. When the first
+    reinforcement phase begins, every gate's logit is divided by
+    `reinforce_temperature` once (`EnergyNet.soften_gates`): > 1 softens
+    gates that straight-through training saturated.
 
     Batch-shaping (Bejnordi et al. 2020): `batch_shaping_weight` weighs the
     loss that matches each gate's probabilities over a batch to a Beta prior,
@@ -85,6 +88,7 @@ class PhaseSchedule:
     exploration: float = 0.1
     batch_shaping_weight: float = 0.0
     energy_warmup_epochs: int = 0
+    reinforce_temperature: float = 1.0
 
     def __post_init__(self):
         phases = self.reinforce_phases
@@ -107,6 +111,10 @@ class PhaseSchedule:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"PhaseSchedule.{name} must be a finite number >= 0; received: {value!r}")
+        if not isinstance(self.reinforce_temperature, (int, float)) or isinstance(self.reinforce_temperature, bool) \
+                or not math.isfinite(self.reinforce_temperature) or self.reinforce_temperature <= 0:
+            raise ValueError(f"PhaseSchedule.reinforce_temperature must be a finite number > 0; received: "
+                             f"{self.reinforce_temperature!r}")
         if self.exploration > 1:
             raise ValueError(f"PhaseSchedule.exploration must be in [0, 1]; received: {self.exploration!r}")
         if self.reinforce_phases and self.policy_weight == 0:

@@ -151,6 +151,7 @@ def test_constant_schedule_for_baselines():
     ({"exploration": 1.5}, "exploration"),
     ({"batch_shaping_weight": -0.1}, "batch_shaping_weight"),
     ({"energy_warmup_epochs": -1}, "energy_warmup_epochs"),
+    ({"reinforce_temperature": 0.0}, "reinforce_temperature"),
 ])
 def test_bad_schedules(kwargs, needle):
     with pytest.raises(ValueError, match=needle):

@@ -189,3 +189,22 @@ def test_straight_through_training_is_unchanged_when_the_policy_weight_is_zero()
     assert float(loss) == pytest.approx(float(reference), rel=1e-6)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_softening_divides_every_gates_logit_once_and_survives_save_and_load(tmp_path):
+    keras.utils.set_random_seed(2)
+    model = EnergyNet(depth=14, gate_bias_init=6.0)
+    x = tf.random.stateless_normal((3, 32, 32, 3), seed=(5, 6))
+
+    def logits(m):
+        p = m.forward(x)["probabilities"].numpy().astype(np.float64)
+        return np.log(p / (1 - p))
+
+    before = logits(model)
+    assert model.soften_gates(4.0)
+    np.testing.assert_allclose(logits(model), before / 4.0, rtol=1e-3, atol=1e-4)
+    assert not model.soften_gates(4.0)  # once
+    np.testing.assert_allclose(logits(model), before / 4.0, rtol=1e-3, atol=1e-4)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert float(loaded.gates_softened.numpy()) == 1.0 and not loaded.soften_gates(4.0)

@@ -76,8 +76,9 @@ class Preset:
             phases (`lr1`-`lr3` unused).
         reinforce_phases: EnergyNet's phases trained by REINFORCE, e.g. "2,3"
             ("": none; `schedule.PhaseSchedule`).
-        policy_weight, exploration: the reinforcement stage's policy-loss
-            weight and exploration.
+        policy_weight, exploration, reinforce_temperature: the
+            reinforcement stage's policy-loss weight, exploration and the
+            softening of the gates when it begins.
         batch_shaping_weight: the batch-shaping loss's weight (0: off).
         energy_warmup_epochs: EnergyNet's first epochs of phase I with alpha 0.
         batch_size: training batch size.
@@ -113,6 +114,7 @@ class Preset:
     reinforce_phases: str = ""
     policy_weight: float = 0.01
     exploration: float = 0.1
+    reinforce_temperature: float = 1.0
     batch_shaping_weight: float = 0.0
     energy_warmup_epochs: int = 0
     batch_size: int = 128
@@ -175,7 +177,8 @@ class Preset:
             f"--alpha_ramp_epochs={self.alpha_ramp_epochs}",
             f"--restore_threshold={self.restore_threshold}", f"--restore_z={self.restore_z}",
         ] + ([f"--reinforce_phases={self.reinforce_phases.replace('+', ',')}", f"--policy_weight={self.policy_weight}",
-              f"--exploration={self.exploration}"] if self.reinforce_phases else []) + (
+              f"--exploration={self.exploration}", f"--reinforce_temperature={self.reinforce_temperature}"]
+             if self.reinforce_phases else []) + (
             [f"--batch_shaping_weight={self.batch_shaping_weight}"] if self.batch_shaping_weight else []) + (
             [f"--energy_warmup_epochs={self.energy_warmup_epochs}"] if self.energy_warmup_epochs else []) + (
             [] if self.phase3_gate_lr_multiplier is None

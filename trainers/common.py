@@ -62,6 +62,7 @@ def define_flags(default_depth, default_batch_size=128):
     flags.DEFINE_float("gate_bias_init", 1.0, "Initial bias of the gates' output unit (positive: gates start open).")
     flags.DEFINE_list("reinforce_phases", [], "Phases (1, 2, 3) that train the gates by REINFORCE (the authors' and SkipNet's second stage): decisions sampled, the blocks trained on the cross-entropy of the path that ran, the gates on --policy_weight times the policy loss of each image's return, -(its cross-entropy + the phase's alpha x the energy of the blocks it ran). E.g. 2,3: phase I straight-through, then reinforcement.")
     flags.DEFINE_float("policy_weight", 0.01, "Weight of the REINFORCE policy loss in --reinforce_phases (the authors' 0.01).")
+    flags.DEFINE_float("reinforce_temperature", 1.0, "When the first --reinforce_phases phase begins, every gate's logit is divided by this once (> 1 softens gates that straight-through training saturated, so the sampled policy explores and its gradient is not ~0).")
     flags.DEFINE_float("exploration", 0.1, "In --reinforce_phases each decision is sampled from exploration/2 + (1 - exploration) * p, so saturated gates still explore; in [0, 1].")
     flags.DEFINE_float("batch_shaping_weight", 0.0, "Weight of the batch-shaping loss (Bejnordi et al. 2020) that matches each gate's probabilities over a batch to a Beta prior (0: off).")
     flags.DEFINE_list("batch_shaping_prior", ["0.6", "0.4"], "The Beta prior (a, b) of --batch_shaping_weight.")
