@@ -679,13 +679,13 @@ def _per_image_figures(out, results):
     if os.path.exists(pattern):
         series.append(("its skip pattern as a plain network", np.load(pattern)["energy"]))
     plots.plot_energy_histogram(series, os.path.join(out, "per_image_energy.png"),
-                                f"EnergyNet-{depth} (preset {results['preset']}): energy per test image")
+                                f"EnergyNet-{depth}: energy per test image")
     written.append("per_image_energy.png")
     by_class = results["energynet"].get("skip_ratio_by_class")
     if by_class and results["energynet"]["skip_ratio_per_block"]:
         names = CLASS_NAMES if len(by_class) == len(CLASS_NAMES) else [str(c) for c in range(len(by_class))]
         plots.plot_skip_heatmap(by_class, names, os.path.join(out, "skip_by_class.png"),
-                                f"EnergyNet-{depth} (preset {results['preset']}): test skip ratio by block and class")
+                                f"EnergyNet-{depth}: test skip ratio by block and class")
         written.append("skip_by_class.png")
     return written
 
