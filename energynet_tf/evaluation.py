@@ -7,6 +7,8 @@ decisions and summarises their distribution (docs/design.md §3.3:
 `per_image_energy`, `distinct_paths`, `selective_blocks`, `savings_by_class`).
 """
 
+import weakref
+
 import numpy as np
 
 # A gated block is "selective" if its test skip ratio lies in this range:
@@ -51,13 +53,7 @@ def collect(model, dataset, threshold=DEFAULT_THRESHOLD, max_examples=None):
     import tensorflow as tf
 
     threshold = check_threshold(threshold)
-
-    @tf.function(reduce_retracing=True)
-    def step(x, t):
-        out = model.forward(x, training=False, threshold=t)
-        return (tf.argmax(out["logits"], axis=-1), out["decisions"], out["probabilities"],
-                model.inference_energy(out["decisions"]))
-
+    step = _step_function(model)
     labels, predictions, decisions, logits, energy = [], [], [], [], []
     seen = 0
     t = tf.constant(threshold, tf.float32)
@@ -82,6 +78,26 @@ def collect(model, dataset, threshold=DEFAULT_THRESHOLD, max_examples=None):
         "gate_logits": np.concatenate(logits)[cut].astype(np.float32),
         "energy": np.concatenate(energy)[cut],
     }
+
+
+# One traced inference step per model: the threshold is a tensor argument, so
+# a sweep over thresholds traces the network once.
+_STEPS = weakref.WeakKeyDictionary()
+
+
+def _step_function(model):
+    import tensorflow as tf
+
+    step = _STEPS.get(model)
+    if step is None:
+        @tf.function(reduce_retracing=True)
+        def step(x, t):
+            out = model.forward(x, training=False, threshold=t)
+            return (tf.argmax(out["logits"], axis=-1), out["decisions"], out["probabilities"],
+                    model.inference_energy(out["decisions"]))
+
+        _STEPS[model] = step
+    return step
 
 
 def _percentiles(values):

@@ -55,7 +55,7 @@ SCRIPT = textwrap.dedent("""
     {},
     # The reinforcement stage (saturated open gates without exploration: duplicated
     # examples take the same path, so per-replica batch norm sees the global statistics).
-    {"policy_weight": 0.5, "exploration": 0.0, "gate_bias_init": 30.0},
+    pytest.param({"policy_weight": 0.5, "exploration": 0.0, "gate_bias_init": 30.0}, marks=pytest.mark.slow),
 ])
 def test_mirrored_strategy_matches_one_device(model_args):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),

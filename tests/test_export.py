@@ -484,7 +484,7 @@ def _soft_gate_model(images, depth=14):
     return model
 
 
-@pytest.mark.parametrize("quantile", [0.25, 0.75])
+@pytest.mark.parametrize("quantile", [0.25, pytest.param(0.75, marks=pytest.mark.slow)])
 def test_export_at_another_threshold_matches_keras_at_that_threshold(tmp_path, quantile):
     images = _random_images(12, seed=7)
     model = _soft_gate_model(images)

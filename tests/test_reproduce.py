@@ -156,7 +156,7 @@ def test_rerun_resumes_without_training_again_and_ships_the_models(reproduction,
     before = json.load(open(os.path.join(out, "results.json")))
     ship = tmp_path / "models"
     result = run_tool(f"--data_dir={fake_data_dir}", f"--out={out}", f"--set={TINY}", "--speed_rounds=1",
-                      "--speed_steps=1", f"--ship_dir={ship}")
+                      "--speed_steps=1", f"--ship_dir={ship}", "--thresholds=0.3,0.5,0.7")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[baseline] finished earlier" in result.stdout and "[energynet] finished earlier" in result.stdout
     after = json.load(open(os.path.join(out, "results.json")))
@@ -247,7 +247,7 @@ def test_seeds_reuse_finished_reproductions_and_write_the_spread(reproduction, f
     # A finished seed-0 reproduction in the --seeds layout: nothing is retrained.
     shutil.copytree(out, tmp_path / "spread" / "seed-0")
     result = run_tool(f"--data_dir={fake_data_dir}", f"--out={tmp_path / 'spread'}", f"--set={TINY}", "--seeds=0",
-                      "--speed_rounds=1", "--speed_steps=1")
+                      "--speed_rounds=1", "--speed_steps=1", "--thresholds=0.3,0.5,0.7")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[baseline] finished earlier" in result.stdout
     spread = json.load(open(tmp_path / "spread" / "seeds.json"))

@@ -80,6 +80,10 @@ def test_run_directories_of_the_flat_format_still_resume(tmp_path):
     ({"strategy": "gpu"}, "RunConfig.strategy must be one of"),
     ({"momentum": 1.0}, r"RunConfig.momentum must be in \[0, 1\)"),
     ({"pin_checkpoints": (0,)}, "RunConfig.pin_checkpoints must be a tuple of epochs >= 1"),
+    ({"baseline": True, "depth": 8, "removed_blocks": (3,)}, r"removed_blocks must be gated block numbers in \[1, 2\]"),
+    ({"baseline": True, "removed_blocks": (1, 1)}, "removed_blocks must be distinct"),
+    ({"batch_shaping_prior": (0.0, 1.0)}, "batch_shaping_prior must be two positive numbers"),
+    ({"batch_shaping_prior": (0.5,)}, "batch_shaping_prior must be two positive numbers"),
 ])
 def test_run_config_names_the_refused_field(fields, needle, tmp_path):
     from trainers.run_config import RunConfig

@@ -818,24 +818,9 @@ def parse_static_depths(values, preset):
     Raises:
         UsageError: for a depth that is not 6n+2, repeated, or not shallower than `preset.depth`.
     """
-    from energynet_tf import backbone
+    from tools import static_front  # (it imports this module)
 
-    depths = []
-    for v in values:
-        try:
-            d = int(v)
-        except ValueError:
-            raise UsageError(f"--static_depths: {v!r} is not an integer") from None
-        if d not in backbone.CIFAR_DEPTHS:
-            raise UsageError(f"--static_depths: {d} is not a CIFAR ResNet depth (6n+2); allowed: "
-                             f"{', '.join(str(x) for x in backbone.CIFAR_DEPTHS)}")
-        if d >= preset.depth:
-            raise UsageError(f"--static_depths: {d} is not shallower than the preset's depth {preset.depth} "
-                             "(the baseline is the front's deepest point)")
-        if d in depths:
-            raise UsageError(f"--static_depths: {d} is repeated")
-        depths.append(d)
-    return sorted(depths)
+    return static_front.parse_depths(values, "--static_depths", shallower_than=preset.depth)
 
 
 def learned_pattern(energynet, majority=0.5):

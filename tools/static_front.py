@@ -38,11 +38,17 @@ def _define_flags():
     flags.DEFINE_boolean("echo", False, "Print the trainers' own progress lines too (they always go to O/logs/).")
 
 
-def parse_depths(values):
-    """The depths as sorted ints.
+def parse_depths(values, flag="--depths", shallower_than=None):
+    """The depths as sorted, distinct ints.
+
+    Args:
+        values: the flag's strings.
+        flag: the flag's name, for the messages.
+        shallower_than: None, or a depth every value must be below.
 
     Raises:
-        UsageError: for a depth that is not a supported CIFAR ResNet depth.
+        UsageError: for a depth that is not a CIFAR ResNet depth (6n+2), a
+            repeated one, one not below `shallower_than`, or none.
     """
     from energynet_tf import backbone
 
@@ -51,14 +57,19 @@ def parse_depths(values):
         try:
             d = int(v)
         except ValueError:
-            raise UsageError(f"--depths: {v!r} is not an integer") from None
+            raise UsageError(f"{flag}: {v!r} is not an integer") from None
         if d not in backbone.CIFAR_DEPTHS:
-            raise UsageError(f"--depths: {d} is not a CIFAR ResNet depth; allowed: "
+            raise UsageError(f"{flag}: {d} is not a CIFAR ResNet depth (6n+2); allowed: "
                              f"{', '.join(str(x) for x in backbone.CIFAR_DEPTHS)}")
+        if shallower_than is not None and d >= shallower_than:
+            raise UsageError(f"{flag}: {d} is not shallower than the preset's depth {shallower_than} "
+                             "(the baseline is the front's deepest point)")
+        if d in depths:
+            raise UsageError(f"{flag}: {d} is repeated")
         depths.append(d)
-    if not depths:
-        raise UsageError("--depths is empty")
-    return sorted(set(depths))
+    if not depths and shallower_than is None:
+        raise UsageError(f"{flag} is empty")
+    return sorted(depths)
 
 
 def rows(results):
