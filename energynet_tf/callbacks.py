@@ -75,6 +75,12 @@ class AlphaPhases(keras.callbacks.Callback):
 
     # -- hooks ------------------------------------------------------------------
     def on_train_begin(self, logs=None):
+        needed = (["reinforce"] if self.schedule.reinforce_phases else []) + (
+            ["batch_shaping"] if self.schedule.batch_shaping_weight > 0 else [])
+        missing = [n for n in needed if n not in getattr(self.model, "gate_losses", needed)]
+        if missing:
+            raise ValueError(f"the schedule needs the gate losses {missing}, which the model's training step "
+                             f"does not build; build it with gate_losses={tuple(needed)}")
         if self.finished:
             self.model.stop_training = True
 

@@ -98,7 +98,7 @@ def _programmed_two_kind_model(alpha=1.0):
     """
     keras.utils.set_random_seed(1)
     model = EnergyNet(depth=8, num_classes=2, image_shape=(8, 8, 3), gate_bias_init=0.0, alpha=alpha,
-                      zero_init_residual=False)
+                      zero_init_residual=False, gate_losses=("reinforce",))
 
     def set_bn(bn):
         bn.set_weights([np.ones(bn.gamma.shape), np.zeros(bn.beta.shape), np.zeros(bn.moving_mean.shape),
@@ -208,3 +208,18 @@ def test_softening_divides_every_gates_logit_once_and_survives_save_and_load(tmp
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert float(loaded.gates_softened.numpy()) == 1.0 and not loaded.soften_gates(4.0)
+
+
+def test_a_schedule_that_needs_a_gate_loss_refuses_a_model_without_it():
+    from energynet_tf import callbacks
+
+    model = EnergyNet(depth=8)
+    assert model.gate_losses == ()
+    assert EnergyNet(depth=8, policy_weight=0.1).gate_losses == ("reinforce",)
+    cb = callbacks.AlphaPhases(callbacks.PhaseSchedule(phase1_epochs=1, reinforce_phases=(2,)), steps_per_epoch=1,
+                               verbose=False)
+    cb.set_model(model)
+    with pytest.raises(ValueError, match="gate_losses=\\('reinforce',\\)"):
+        cb.on_train_begin()
+    with pytest.raises(ValueError, match="gate_losses"):
+        EnergyNet(depth=8, gate_losses=("dropout",))

@@ -209,6 +209,8 @@ def build_model(config, num_classes, image_shape):
         removed_blocks=config.removed_blocks,
         # policy_weight, exploration and batch_shaping_weight are set by the phase schedule each epoch.
         batch_shaping_prior=config.batch_shaping_prior,
+        gate_losses=(("reinforce",) if config.schedule.reinforce_phases else ())
+        + (("batch_shaping",) if config.schedule.batch_shaping_weight > 0 else ()),
     )
 
 
