@@ -17,6 +17,7 @@ def test_bad_settings_get_one_line(args, needle, fake_cifar_dir):
     assert len(error_lines(result)) == 1 and needle in error_lines(result)[0], result.stderr[-1000:]
 
 
+@pytest.mark.slow  # over 25 s; opt-in with `pytest -m slow` (BUILD.md, "Test")
 def test_one_round_on_generated_data_reports_a_ratio(fake_cifar_dir):
     result = run_module("tools.bench_workers", f"--data_dir={fake_cifar_dir}", "--depth=8", "--batch_size=16",
                         "--max_train_examples=96", "--rounds=1", timeout=600)

@@ -255,6 +255,7 @@ def test_two_workers_train_like_one_process_with_the_same_global_batch(black_cif
     assert chief["test_accuracy"] == pytest.approx(alone["test_accuracy"])
 
 
+@pytest.mark.slow  # over 25 s; opt-in with `pytest -m slow` (BUILD.md, "Test")
 def test_a_killed_workers_rerun_resumes_the_job_from_the_chiefs_checkpoint(fake_cifar_dir, tmp_path):
     args = [f"--data_dir={fake_cifar_dir}", f"--model_dir={tmp_path / 'run'}", "--depth=8", "--phase1_epochs=2",
             "--phase2_epochs=1", "--phase3_epochs=0", "--batch_size=16", "--max_train_examples=64",

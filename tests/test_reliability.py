@@ -128,6 +128,7 @@ def test_a_kill_inside_an_epoch_resumes_at_the_step_with_the_same_metrics(uninte
 REINFORCE = ("--reinforce_phases=2,3", "--policy_weight=0.5", "--exploration=0.2", "--batch_shaping_weight=0.05")
 
 
+@pytest.mark.slow  # over 25 s; opt-in with `pytest -m slow` (BUILD.md, "Test")
 def test_a_kill_inside_the_reinforcement_stage_resumes_to_the_same_metrics(fake_data_dir, tmp_path):
     # Shorter phases than _args: 1 straight-through epoch, then 2 of reinforcement.
     short = ("--phase1_epochs=1", "--phase2_epochs=2", "--phase3_epochs=0", *REINFORCE)

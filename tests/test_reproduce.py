@@ -293,6 +293,7 @@ def test_a_trainers_one_line_reaches_the_tools_error(fake_data_dir, tmp_path):
     assert "the baseline run failed (exit status 2): CIFAR-10 train split:" in lines[0] and shard in lines[0]
 
 
+@pytest.mark.slow  # over 25 s; opt-in with `pytest -m slow` (BUILD.md, "Test")
 def test_another_arm_reuses_a_finished_baseline_and_a_different_one_is_refused(reproduction, fake_data_dir, tmp_path):
     out, _ = reproduction
     arm = tmp_path / "arm"

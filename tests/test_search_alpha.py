@@ -114,6 +114,7 @@ def test_missing_data_fails_fast_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow  # over 25 s; opt-in with `pytest -m slow` (BUILD.md, "Test")
 def test_distributed_search_runs_every_trial_exactly_once(fake_cifar_dir, tmp_path):
     """keras-tuner's chief serves the oracle on loopback; two workers take the three trials."""
     import subprocess
