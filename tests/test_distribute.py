@@ -220,6 +220,7 @@ def _max_relative_difference(a_path, b_path):
                for x, y in zip(a.weights, b.weights))
 
 
+@pytest.mark.slow  # over 25 s; opt-in with `pytest -m slow` (BUILD.md, "Test")
 def test_two_workers_train_like_one_process_with_the_same_global_batch(black_cifar_dir, tmp_path):
     # Black images and deterministic gates: every example of a global batch is
     # the same, so each worker's batch-norm statistics are the global batch's
