@@ -10,6 +10,7 @@ from keras import ops
 from energynet_tf import backbone
 from energynet_tf import blocks as blocks_lib
 from energynet_tf import energy as energy_lib
+from energynet_tf import evaluation
 from energynet_tf import gates as gates_lib
 from energynet_tf import metrics as metrics_lib
 from energynet_tf import reinforce
@@ -422,8 +423,6 @@ class EnergyNet(keras.Model):
         """
         self._check_inputs(inputs)
         if threshold is not None and isinstance(threshold, (int, float, np.number)):
-            from energynet_tf import evaluation
-
             evaluation.check_threshold(threshold)
         x = self.stem(inputs, training=training)
         batch = ops.shape(inputs)[0]

@@ -161,6 +161,11 @@ class RunCheckpoints:
                     os.remove(path)
 
 
+def checkpoint_position(state):
+    """'epoch E' or 'epoch E + S steps': where a checkpoint's state (`RunCheckpoints.latest()[1]`) stands."""
+    return f"epoch {state['epoch']}" + (f" + {state['step']} steps" if state.get("step") else "")
+
+
 def _checkpoint_name(epoch, step=0):
     return f"epoch-{epoch:04d}" + (f"-step-{step:06d}" if step else "")
 
@@ -445,9 +450,7 @@ def train_and_evaluate(
                  if position.epoch is not None else "before the first step")
         kept_text = "no checkpoint yet (an interrupted first epoch starts again)"
         if kept:
-            kept_state = kept[1]
-            at = f"epoch {kept_state['epoch']}" + (f" + {kept_state['step']} steps" if kept_state.get("step") else "")
-            kept_text = f"kept the checkpoint at {at} ({kept[0]})"
+            kept_text = f"kept the checkpoint at {checkpoint_position(kept[1])} ({kept[0]})"
         raise Interrupted(
             f"interrupted ({'SIGTERM' if status == 143 else 'SIGINT'}) {where}; {kept_text}; "
             "resume with the same command", status) from None

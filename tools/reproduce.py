@@ -690,7 +690,7 @@ def _per_image_figures(out, results):
     return written
 
 
-def _link_baseline(source_out, out, preset, data_dir):
+def _link_baseline(source_out, out, preset):
     """Hard-links `source_out/baseline` into `out/baseline` if it is a finished run of the same baseline."""
     import shutil
 
@@ -749,7 +749,7 @@ def reproduce_one(preset, out, data_dir, command, ship_dir=None, static_depths=(
     io_utils.atomic_write_json(state_path, {"config": dataclasses.asdict(preset), "wall_seconds": spent})
 
     if reuse_baseline:
-        _link_baseline(reuse_baseline, out, preset, data_dir)
+        _link_baseline(reuse_baseline, out, preset)
     print(f"[reproduce] preset {FLAGS.preset}: {json.dumps(dataclasses.asdict(preset))}", flush=True)
     print(f"[reproduce] 1/3 baseline: {preset.epochs} epochs", flush=True)
     baseline_dir = os.path.join(out, "baseline")

@@ -382,9 +382,8 @@ def _no_space_message(error):
     if model_dir:
         latest = training.RunCheckpoints(os.path.join(model_dir, "checkpoints")).latest(read_only=True)
         if latest is not None:
-            state = latest[1]
-            at = f"epoch {state['epoch']}" + (f" + {state['step']} steps" if state.get("step") else "")
-            kept = f"the last complete checkpoint ({at}) is kept: {latest[0]}"
+            kept = (f"the last complete checkpoint ({training.checkpoint_position(latest[1])}) is kept: "
+                    f"{latest[0]}")
     return f"{what}; {kept}; free space on that device and rerun the same command to resume"
 
 
