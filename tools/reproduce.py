@@ -555,7 +555,8 @@ def plot(results, baseline_history, energynet_history, path):
         middle.set_xlim(min(sx) - pad, max(sx) + pad)
         middle.set_ylim(min(sy) - pad, max(sy) + pad)
         middle.grid(alpha=0.3)
-        middle.set_title(f"Gate threshold 0.05-0.95: {len(distinct)} distinct point(s)"
+        low, high = min(r["threshold"] for r in sweep), max(r["threshold"] for r in sweep)
+        middle.set_title(f"Gate threshold {low:.2f}-{high:.2f}: {len(distinct)} distinct point(s)"
                          + (" (gates saturated)" if len(distinct) == 1 else ""), fontsize=10)
     ratios = e["skip_ratio_per_block"]
     right.bar(range(1, len(ratios) + 1), [100 * r for r in ratios], color="tab:orange")
