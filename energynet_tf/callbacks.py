@@ -330,18 +330,27 @@ class EpochCheckpoint(keras.callbacks.Callback):
         # At an epoch's last step the epoch checkpoint follows (after validation);
         # a stop requested then is honoured in on_epoch_end, after that save.
         if (stop or due) and self.steps_per_epoch and step < self.steps_per_epoch:
-            state = {
-                "epoch": self._epoch,
-                "step": step,
-                "schedule_state": self.schedule_callback.get_state(),
-                "wall_seconds": self.clock(),
-                "history": self.history,
-                "metrics_values": {v.path: np.asarray(v).tolist() for v in self.model.metrics_variables},
-            }
-            self.checkpoints.save(self.model, self._epoch, state, step=step)
-            self.saved_step = (self._epoch, step)
+            self.save_step(step)
             if stop:
                 raise self.stop_request.interrupt()
+
+    def save_step(self, step):
+        """Checkpoints the current epoch at `step` steps, with the epoch's running metric values.
+
+        Also called after training stopped inside an epoch for a reason of
+        its own (a damaged data file): the model then holds the weights of
+        `step` steps, since the failed step never ran its update.
+        """
+        state = {
+            "epoch": self._epoch,
+            "step": step,
+            "schedule_state": self.schedule_callback.get_state(),
+            "wall_seconds": self.clock(),
+            "history": self.history,
+            "metrics_values": {v.path: np.asarray(v).tolist() for v in self.model.metrics_variables},
+        }
+        self.checkpoints.save(self.model, self._epoch, state, step=step)
+        self.saved_step = (self._epoch, step)
 
     def on_epoch_end(self, epoch, logs=None):
         self.batch_offset = 0

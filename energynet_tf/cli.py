@@ -75,5 +75,8 @@ def run_tool(run, argv):
             raise
         # A tool's own output (results, figures, an export) on a full device: its
         # files are written atomically, and the trainers' runs keep their checkpoints.
-        fail(f"{e if isinstance(e, io_utils.NoSpaceError) else 'no space left on the device'}; free space and "
+        path = io_utils.no_space_path(e)
+        what = e if isinstance(e, io_utils.NoSpaceError) else (
+            f"no space left on the device{' writing ' + path if path else ''}")
+        fail(f"{what}; free space and "
              "rerun the same command to resume (finished runs are not rerun)", NO_SPACE_STATUS)

@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import re
 import tempfile
 
 
@@ -33,6 +34,24 @@ def is_no_space(error):
             return True
         error = error.__cause__ or error.__context__
     return False
+
+
+def no_space_path(error):
+    """The file a full-device `error` was writing, or None if it does not say.
+
+    Python's `OSError` has `filename`; TensorFlow's writers (TensorBoard's
+    event files, SavedModel) raise `tf.errors.OpError`s whose message is
+    `"... <path>; No space left on device"`.
+    """
+    while error is not None:
+        path = getattr(error, "path", None) or getattr(error, "filename", None)
+        if path:
+            return os.fspath(path)
+        match = re.search(r"(\S+); No space left on device", str(error))
+        if match:
+            return match.group(1)
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def atomic_write_text(path, text):

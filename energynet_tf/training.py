@@ -13,6 +13,10 @@ from energynet_tf import distribute
 from energynet_tf import evaluation
 from energynet_tf import io_utils
 from energynet_tf import metrics as metrics_lib
+from energynet_tf.data import common as data_common
+
+# What a damaged or vanished data file raises while the pipeline reads it.
+_DATA_READ_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError, tf.errors.NotFoundError)
 
 
 class TrainingError(RuntimeError):
@@ -159,6 +163,26 @@ class RunCheckpoints:
                 path = os.path.join(self.directory, _checkpoint_name(epoch, step) + suffix)
                 if os.path.exists(path):
                     os.remove(path)
+
+
+def _first_damaged(data, splits):
+    """One line naming the first damaged file of `splits` (`ClassificationData.find_damaged`), or None."""
+    find = getattr(data, "find_damaged", None)
+    if find is None:
+        return None
+    for split in splits:
+        damaged = find(split)
+        if damaged:
+            return damaged
+    return None
+
+
+def _kept_text(checkpoints):
+    """'kept the checkpoint at epoch E (+ S steps) (path)', or that there is none yet."""
+    kept = checkpoints.latest(read_only=True)
+    if kept is None:
+        return "no checkpoint yet (the first epoch starts again)"
+    return f"kept the checkpoint at {checkpoint_position(kept[1])} ({kept[0]})"
 
 
 def checkpoint_position(state):
@@ -454,6 +478,21 @@ def train_and_evaluate(
         raise Interrupted(
             f"interrupted ({'SIGTERM' if status == 143 else 'SIGINT'}) {where}; {kept_text}; "
             "resume with the same command", status) from None
+    except _DATA_READ_ERRORS:
+        damaged = _first_damaged(data, ("train", "validation"))
+        if damaged is None:
+            raise  # not the data: keep the error as it is
+        where = "before the first step"
+        if position.epoch is not None:
+            where = f"in epoch {position.epoch + 1} at step {position.step}/{steps_per_epoch}"
+            # The failed step never ran its update: the model holds `position.step` steps' weights.
+            done = (position.epoch, position.step)
+            if (not multi_worker and not guard.tripped and 0 < position.step < steps_per_epoch
+                    and done not in ((start_epoch, start_step), saver.saved_step)):
+                saver.save_step(position.step)
+        raise data_common.DataCorruptError(
+            f"{damaged}; training stopped {where}; {_kept_text(checkpoints)}; then rerun the same command "
+            "to resume") from None
     finally:
         if stop is not None:
             stop.restore()
@@ -477,8 +516,16 @@ def train_and_evaluate(
         "baseline": bool(model.baseline),
     }
     if evaluate_test:
-        metrics.update(evaluation_metrics(model, data.test, top5=top5, multi_worker=trainer,
-                                          per_image_path=os.path.join(model_dir, "per_image.npz")))
+        try:
+            metrics.update(evaluation_metrics(model, data.test, top5=top5, multi_worker=trainer,
+                                              per_image_path=os.path.join(model_dir, "per_image.npz")))
+        except _DATA_READ_ERRORS:
+            damaged = _first_damaged(data, ("test",))
+            if damaged is None:
+                raise
+            raise data_common.DataCorruptError(
+                f"{damaged}; training finished but the test evaluation could not; {_kept_text(checkpoints)}; "
+                "then rerun the same command to evaluate") from None
     if history:
         last = history[-1]
         for key in ("val_accuracy", "val_energy_savings", "val_block_energy_savings", "val_mac_savings",

@@ -438,3 +438,29 @@ def test_a_damaged_member_of_the_archive_is_named(archive, tmp_path):
     message = str(info.value)
     assert member.filename in message and str(damaged) in message and "CRC" in message
     assert "\n" not in message
+
+
+def _damage(path, how):
+    data = open(path, "rb").read()
+    if how == "truncate":
+        data = data[: len(data) // 2]
+    else:  # flip bytes in the middle of the compressed data
+        middle = len(data) // 2
+        data = data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 64]) + data[middle + 64:]
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_find_damaged_names_a_damaged_jpeg_of_the_extracted_directory(archive, tmp_path, how):
+    shutil.copytree(archive["root"], tmp_path / "tiny-imagenet-200")
+    data = load(str(tmp_path), validation_examples=4)
+    assert data.find_damaged("train") is None and data.find_damaged("test") is None
+    bad = tmp_path / "tiny-imagenet-200" / "train" / WNIDS[1] / "images" / f"{WNIDS[1]}_2.JPEG"
+    _damage(bad, how)  # after loading: the directory's files are read as training reads them
+    message = data.find_damaged("train")
+    assert message.startswith("Tiny ImageNet train split: ") and str(bad) in message and "\n" not in message
+    assert "Invalid JPEG data" in message and "function_node" not in message
+    assert data.find_damaged("test") is None
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        collect(data.train)  # what training sees: the decode error, which the trainer turns into the line above

@@ -158,3 +158,17 @@ def test_a_signal_during_export_leaves_nothing_and_a_live_export_holds_its_direc
     assert len(lines) == 1 and "interrupted (SIGINT)" in lines[0] and "Traceback" not in err
     # Nothing partial: no export directory, no staging directory, no lock file.
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_export_to_a_full_device_stops_with_one_line_leaves_nothing_and_the_rerun_exports(run_dir, small_disk):
+    out = small_disk / "export"
+    proc = _tool(f"--model_dir={run_dir}", f"--out={out}", "--verify_examples=0")
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"no space left on the device writing {out}" in lines[0] and "rerun the same command" in lines[0]
+    assert os.listdir(small_disk) == []  # no staging directory, no lock, no half export
+    subprocess.run(["mount", "-o", "remount,size=200m", str(small_disk)], check=True)
+    again = _tool(f"--model_dir={run_dir}", f"--out={out}", "--verify_examples=0")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sorted(os.listdir(out)) == ["export.json", "model.tflite", "saved_model"]

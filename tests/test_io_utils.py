@@ -85,3 +85,51 @@ def test_no_space_is_recognised_through_wrapping_errors():
         assert io_utils.is_no_space(e)
     assert io_utils.is_no_space(ValueError("write failed: [Errno 28] No space left on device"))
     assert not io_utils.is_no_space(OSError(errno.EACCES, "Permission denied"))
+
+
+def test_no_space_path_names_the_file_of_python_and_tensorflow_errors(tmp_path):
+    import errno
+
+    import tensorflow as tf
+
+    assert io_utils.no_space_path(io_utils.NoSpaceError(tmp_path / "a.json")) == str(tmp_path / "a.json")
+    assert io_utils.no_space_path(OSError(errno.ENOSPC, "No space left on device", "/x/b.keras")) == "/x/b.keras"
+    wrapped = tf.errors.ResourceExhaustedError(None, None, "{{function_node x}} /d/events.out.tfevents.1; No space left on device")
+    assert io_utils.no_space_path(wrapped) == "/d/events.out.tfevents.1"
+    try:
+        try:
+            raise wrapped
+        except tf.errors.ResourceExhaustedError as inner:
+            raise RuntimeError("writing failed") from inner
+    except RuntimeError as outer:
+        assert io_utils.is_no_space(outer) and io_utils.no_space_path(outer) == "/d/events.out.tfevents.1"
+    assert io_utils.no_space_path(OSError(errno.ENOSPC, "No space left on device")) is None
+
+
+def _fill(directory):
+    with open(directory / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        except OSError:
+            pass
+        try:
+            f.close()
+        except OSError:
+            pass
+
+
+def test_tensorboard_on_a_full_device_raises_an_error_naming_its_event_file(small_disk):
+    import keras
+    import numpy as np
+
+    _fill(small_disk)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    with pytest.raises(Exception) as info:
+        model.fit(np.zeros((8, 4)), np.zeros((8, 2)), epochs=1, verbose=0,
+                  callbacks=[keras.callbacks.TensorBoard(str(small_disk / "tensorboard"))])
+    # What the trainers' and tools' one line is made from (trainers.common, energynet_tf.cli).
+    assert io_utils.is_no_space(info.value)
+    assert io_utils.no_space_path(info.value).startswith(str(small_disk / "tensorboard" / "train" / "events.out"))

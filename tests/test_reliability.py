@@ -245,20 +245,6 @@ def test_a_damaged_dataset_stops_the_trainer_before_anything_is_written(fake_dat
     assert not model_dir.exists()
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MB tmpfs (root only); the test is skipped where it cannot be mounted."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], capture_output=True)
-
-
 def test_a_full_disk_stops_with_one_line_keeps_the_last_checkpoint_and_the_rerun_resumes(
         uninterrupted, fake_data_dir, small_disk):
     model_dir = small_disk / "run"
@@ -276,3 +262,67 @@ def test_a_full_disk_stops_with_one_line_keeps_the_last_checkpoint_and_the_rerun
     again = _run(args)
     assert "Resuming" in again.stdout or "no checkpoint yet" in errors[0]
     assert _metrics(model_dir) == _metrics(uninterrupted)
+
+
+def _fake_tiny_imagenet(root, wnids=("n01000001", "n02000002", "n03000003", "n04000004"), per_class=8, val=8):
+    """An extracted Tiny ImageNet directory of generated 64x64 JPEGs."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    base = root / "tiny-imagenet-200"
+
+    def jpeg(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(tf.io.encode_jpeg(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).numpy())
+
+    base.mkdir(parents=True)
+    (base / "wnids.txt").write_text("".join(w + "\n" for w in wnids))
+    for wnid in wnids:
+        for k in range(per_class):
+            jpeg(base / "train" / wnid / "images" / f"{wnid}_{k}.JPEG")
+    for i in range(val):
+        jpeg(base / "val" / "images" / f"val_{i}.JPEG")
+    (base / "val" / "val_annotations.txt").write_text(
+        "".join(f"val_{i}.JPEG\t{wnids[i % len(wnids)]}\t0\t0\t63\t63\n" for i in range(val)))
+    return base
+
+
+def test_a_damaged_jpeg_mid_run_saves_the_step_names_the_file_and_the_rerun_resumes(tmp_path):
+    from energynet_tf.data import common
+    from energynet_tf.data import tiny_imagenet as ti
+
+    base = _fake_tiny_imagenet(tmp_path / "data")
+    held, batch = 8, 4
+    train = ti.read_index(ti._open(str(tmp_path / "data")))[1][:-held]
+    # The image the first epoch reads in its fourth step (seed 0): steps 1-3 train, then the read fails.
+    victim = base / train[int(common.epoch_permutation(0, 0, len(train))[3 * batch])][0]
+    intact = victim.read_bytes()
+    victim.write_bytes(intact[: len(intact) // 2])
+    model_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "trainers.tiny_imagenet", f"--data_dir={tmp_path / 'data'}",
+            f"--model_dir={model_dir}", "--depth=8", "--baseline", "--phase1_epochs=1", f"--batch_size={batch}",
+            "--eval_batch_size=8", "--image_size=32", f"--validation_examples={held}"]
+    result = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"Tiny ImageNet train split: {victim} is damaged" in errors[0]
+    assert "training stopped in epoch 1 at step 3/6" in errors[0] and "kept the checkpoint at epoch 0 + 3 steps" in errors[0]
+    assert (model_dir / "checkpoints" / "epoch-0000-step-000003.keras").exists()
+    # The file replaced, the same command resumes at that step; a damaged test image then stops the
+    # evaluation after training, and once it is replaced the same command only evaluates.
+    victim.write_bytes(intact)
+    test_image = base / "val" / "images" / "val_5.JPEG"
+    test_intact = test_image.read_bytes()
+    test_image.write_bytes(b"")
+    resumed = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert "Resuming from" in resumed.stdout and "(epoch 0 + 3 steps" in resumed.stdout, resumed.stdout[-2000:]
+    assert resumed.returncode == 2, resumed.stderr[-3000:]
+    errors = [line for line in resumed.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"Tiny ImageNet test split: {test_image} is damaged" in errors[0]
+    assert "training finished but the test evaluation could not; kept the checkpoint at epoch 1" in errors[0]
+    test_image.write_bytes(test_intact)
+    again = _run(args)
+    assert "Resuming from" in again.stdout and "(epoch 1, " in again.stdout, again.stdout[-2000:]
+    assert json.loads((model_dir / "metrics.json").read_text())["epochs"] == 1

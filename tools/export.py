@@ -249,6 +249,12 @@ def _export(model, model_file, config, out, calibration, test_images, test_label
         )
     except export_lib.ExportError as e:
         raise UsageError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - only a full device is named here; the rest propagates
+        if io_utils.is_no_space(e) and not isinstance(e, io_utils.NoSpaceError):
+            # TensorFlow's and the converter's writers say only "No space left on device":
+            # name the export (its staging directory is already removed).
+            raise io_utils.NoSpaceError(out) from None
+        raise
     meta_path = paths["metadata"]
     with open(meta_path) as f:
         meta = json.load(f)

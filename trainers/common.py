@@ -374,7 +374,7 @@ def _no_space_message(error):
     from energynet_tf import io_utils
     from energynet_tf import training
 
-    path = getattr(error, "path", None) or getattr(error, "filename", None)
+    path = io_utils.no_space_path(error)
     what = str(error) if isinstance(error, io_utils.NoSpaceError) else (
         f"no space left on the device{' writing ' + str(path) if path else ''}")
     kept = "no checkpoint yet"

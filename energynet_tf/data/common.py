@@ -73,6 +73,10 @@ class ClassificationData:
         stream for another range of epochs from the same in-memory data (for
         example one per phase of a schedule); `train` is
         `train_epochs(start_epoch, end_epoch)`.
+      find_damaged: None, or `find_damaged(split)` for a data set whose files
+        are decoded as they are read (so damage shows up mid-run): reads and
+        decodes every example of `"train"`, `"validation"` or `"test"` once and
+        returns one line naming the first damaged file and why, or None.
     """
 
     train: tf.data.Dataset
@@ -87,6 +91,7 @@ class ClassificationData:
     class_names: Tuple[str, ...] = ()
     batch_size: int = 0
     train_epochs: Optional[Callable[[int, int], tf.data.Dataset]] = None
+    find_damaged: Optional[Callable[[str], Optional[str]]] = None
 
 
 # ----------------------------------------------------------------------------

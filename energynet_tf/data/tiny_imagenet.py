@@ -34,6 +34,7 @@ import zipfile
 import zlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from energynet_tf.data import common
@@ -278,12 +279,7 @@ def _example_fn(
     """Returns `(index, key) -> (image, label)` over the given files."""
 
     def example(index, key):
-        data = tf.gather(encoded, index)
-        if is_path:
-            data = tf.io.read_file(data)
-        # channels=3: some Tiny ImageNet JPEGs are grayscale.
-        image = tf.io.decode_jpeg(data, channels=3)
-        image = tf.ensure_shape(image, (NATIVE_SIZE, NATIVE_SIZE, 3))
+        image = _decode_checked(encoded, is_path, index)
         if augment and key is not None:
             # Crop at the native size, then resize: the same augmentation whatever
             # image_size, and 12x fewer pixels to pad and crop at 224.
@@ -298,6 +294,53 @@ def _example_fn(
         return common.normalize(image, MEAN, STD), tf.gather(labels, index)
 
     return example
+
+
+def _decode_checked(encoded: tf.Tensor, is_path: bool, index) -> tf.Tensor:
+    """The image at `index`, decoded as the pipeline decodes it (an error if the file is damaged)."""
+    data = tf.gather(encoded, index)
+    if is_path:
+        data = tf.io.read_file(data)
+    # channels=3: some Tiny ImageNet JPEGs are grayscale.
+    return tf.ensure_shape(tf.io.decode_jpeg(data, channels=3), (NATIVE_SIZE, NATIVE_SIZE, 3))
+
+
+def _damage_finder(splits: Dict[str, Tuple[tf.Tensor, bool, List[str]]]):
+    """`find_damaged(split)` over `{split: (encoded, is_path, file descriptions)}` (see `ClassificationData`).
+
+    Every image of the split is read and decoded once, in parallel; the ones
+    that fail are dropped (`ignore_errors`), so the missing indices are the
+    damaged files. Only run after a read failed: the extracted directory's
+    files are decoded as training reads them, not checked up front.
+    """
+
+    def find_damaged(split: str) -> Optional[str]:
+        if split not in splits:
+            return None
+        encoded, is_path, names = splits[split]
+        decoded = tf.data.Dataset.range(len(names)).map(
+            # A pixel, not the shape: the static shape would let the decode be optimised away.
+            lambda i: (i, _decode_checked(encoded, is_path, i)[0, 0, 0]),
+            num_parallel_calls=common.AUTOTUNE, deterministic=True)
+        seen = np.zeros(len(names), bool)
+        for indices, _ in decoded.ignore_errors().batch(4096):
+            seen[indices.numpy()] = True
+        bad = np.flatnonzero(~seen)
+        if not bad.size:
+            return None
+        first = int(bad[0])
+        try:
+            _decode_checked(encoded, is_path, first)
+            reason = "cannot be read"
+        except (tf.errors.OpError, ValueError) as e:
+            text = str(getattr(e, "message", e)).splitlines()[0]
+            reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]", "", text).strip().rstrip(".")
+        more = f" (and {bad.size - 1} more files of that split)" if bad.size > 1 else ""
+        return (f"Tiny ImageNet {split} split: {common.display_path(names[first])} is damaged ({reason}){more}; "
+                "the file is cut short or its bytes changed (an interrupted or bad copy?): extract or copy the "
+                "archive again (check it against its checksum)")
+
+    return find_damaged
 
 
 def default_validation_examples(num_train: int, num_classes: int = NUM_CLASSES) -> int:
@@ -384,8 +427,12 @@ def load_tiny_imagenet(
         train, val = train[:num_train], val[:num_val]
         train_encoded, train_is_path = source.encoded([rel for rel, _ in train])
         val_encoded, val_is_path = source.encoded([rel for rel, _ in val])
+        splits = {"train": (train_encoded, train_is_path, [source.describe(rel) for rel, _ in train]),
+                  "test": (val_encoded, val_is_path, [source.describe(rel) for rel, _ in val])}
+        splits["validation"] = splits["test"]
         if held:
             held_encoded, held_is_path = source.encoded([rel for rel, _ in held])
+            splits["validation"] = (held_encoded, held_is_path, [source.describe(rel) for rel, _ in held])
     finally:
         source.close()
     train_labels = tf.constant([label for _, label in train], tf.int32)
@@ -422,4 +469,5 @@ def load_tiny_imagenet(
         class_names=tuple(wnids),
         batch_size=batch_size,
         train_epochs=train_epochs,
+        find_damaged=_damage_finder(splits),
     )
