@@ -79,3 +79,24 @@ def test_a_tool_that_stops_with_an_error_leaves_no_holder_in_its_lock(tmp_path):
         # The second run finds the lock free and unnamed: no "took over the lock" note.
         assert "took over" not in result.stderr
     assert (out / ".lock").read_text() == ""
+
+
+def test_a_trainer_stopped_by_a_full_disk_gives_the_tool_its_line_and_exit_status_4(tmp_path):
+    trainer = tmp_path / "trainer.py"
+    trainer.write_text(textwrap.dedent("""
+        import sys
+        print("error: no space left on the device writing /d/run/checkpoints/epoch-0003.keras; nothing partial "
+              "was left there; the last complete checkpoint (epoch 2) is kept: /d/run/checkpoints/epoch-0002.keras; "
+              "free space on that device and rerun the same command to resume", file=sys.stderr)
+        sys.exit(4)
+    """))
+    log = tmp_path / "fake.log"
+    result = subprocess.run([sys.executable, "-c", TOOL, str(trainer), str(tmp_path / "signals.txt"),
+                             str(tmp_path / "run"), str(log)], cwd=REPO, env=tool_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 4, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith("error: the fake run failed (exit status 4): no space left on the device writing "
+                               "/d/run/checkpoints/epoch-0003.keras")
+    assert "epoch-0002.keras" in lines[0] and str(log) in lines[0]
