@@ -2,7 +2,8 @@
 
 `import energynet_tf` registers the package's Keras objects (EnergyNet, its
 blocks, gate and metrics), so that `keras.saving.load_model(path,
-safe_mode=True)` loads a saved EnergyNet. Registration needs Keras, and
+safe_mode=True)` loads a saved EnergyNet. `energynet_tf.from_keras(model)`
+turns a functional Keras residual network into one (`convert.py`). Registration needs Keras, and
 importing Keras starts TensorFlow (seconds, and start-up lines on stderr),
 which the TensorFlow-free tools (the SCALE-Sim-compatible cost estimator, the
 command-line error paths) must not pay for. So: if Keras is already imported,
@@ -18,7 +19,16 @@ __version__ = "0.1.0"
 
 def register_keras_objects():
     """Registers the package's Keras classes (imports TensorFlow and Keras)."""
-    from energynet_tf import model  # noqa: F401  (imports blocks, gates, metrics)
+    from energynet_tf import convert  # noqa: F401  (imports model, blocks, gates, metrics)
+
+
+def __getattr__(name):
+    # `energynet_tf.from_keras` without importing Keras when the package is imported.
+    if name in ("from_keras", "ConversionError"):
+        from energynet_tf import convert
+
+        return getattr(convert, name)
+    raise AttributeError(f"module 'energynet_tf' has no attribute {name!r}")
 
 
 class _RegisterAfterKeras(importlib.abc.MetaPathFinder):

@@ -107,6 +107,10 @@ class _ConditionalBlock(keras.layers.Layer):
                 x = ops.relu(x)
         return x
 
+    def merge(self, residual, shortcut):
+        """The block's output from its branch's and shortcut's: `relu(F(x) + shortcut(x))`."""
+        return ops.relu(residual + shortcut)
+
     def call(self, inputs, decision=None, training=False):
         """Runs the block; with `decision` (shape `(batch,)`) blends run and skip.
 
@@ -115,7 +119,7 @@ class _ConditionalBlock(keras.layers.Layer):
         serving graph replaces it by real control flow (`export/serving.py`).
         """
         shortcut = self.shortcut(inputs, training=training)
-        out = ops.relu(self.residual(inputs, training=training) + shortcut)
+        out = self.merge(self.residual(inputs, training=training), shortcut)
         if decision is None:
             return out
         decision = ops.reshape(ops.cast(decision, out.dtype), (-1, 1, 1, 1))

@@ -109,13 +109,19 @@ def network_layers(spec, image_shape, num_classes, gate_units=None):
     rows.append((topology.dense_layer_shape("classifier", plan.head_features, num_classes), "fixed", -1))
     if gate_units is not None:
         for block in plan.gated_blocks:
-            g = block.gate
             # Gate g reads the input of the block it decides.
-            rows.append((topology.dense_layer_shape(f"gate{g:02d}_projection", block.in_channels, gate_units), "gate", g))
-            # An LSTM cell is one dense layer from [x, h] to the four gates.
-            rows.append((topology.dense_layer_shape(f"gate{g:02d}_lstm", 2 * gate_units, 4 * gate_units), "gate", g))
-            rows.append((topology.dense_layer_shape(f"gate{g:02d}_output", gate_units, 1), "gate", g))
+            rows.extend(gate_rows(block.gate, block.in_channels, gate_units))
     return rows
+
+
+def gate_rows(gate, in_channels, gate_units):
+    """The counted layers of gate `gate` (reading `in_channels` channels) as `(LayerShape, "gate", gate)` rows."""
+    return [
+        (topology.dense_layer_shape(f"gate{gate:02d}_projection", in_channels, gate_units), "gate", gate),
+        # An LSTM cell is one dense layer from [x, h] to the four gates.
+        (topology.dense_layer_shape(f"gate{gate:02d}_lstm", 2 * gate_units, 4 * gate_units), "gate", gate),
+        (topology.dense_layer_shape(f"gate{gate:02d}_output", gate_units, 1), "gate", gate),
+    ]
 
 
 def energy_table(spec, image_shape, num_classes, gate_units=None, accelerator=None, costs=None):
@@ -133,13 +139,27 @@ def energy_table(spec, image_shape, num_classes, gate_units=None, accelerator=No
     Returns:
         An `EnergyTable`.
     """
+    return table_from_rows(network_layers(spec, image_shape, num_classes, gate_units), spec.num_blocks - 1,
+                           accelerator, costs)
+
+
+def table_from_rows(rows, num_gated, accelerator=None, costs=None):
+    """The energy table of counted layers `[(LayerShape, group, block), ...]` with `num_gated` gated blocks.
+
+    Args:
+        rows: as `network_layers` returns them (groups "fixed", "block", "gate").
+        num_gated: the number of gated blocks (`block` indices are below it).
+        accelerator: a `systolic.AcceleratorConfig` (default: 32x32 output stationary, 64 kB SRAMs).
+        costs: a `systolic.EnergyCosts` (default: Eyeriss's normalised costs).
+
+    Returns:
+        An `EnergyTable`.
+    """
     accelerator = accelerator or systolic.AcceleratorConfig()
     costs = costs or systolic.EnergyCosts()
-    rows = network_layers(spec, image_shape, num_classes, gate_units)
     result = systolic.estimate([shape for shape, _, _ in rows], accelerator, costs)
     energy = np.asarray(result["energy"], dtype=np.float64)
     macs = np.asarray(result["macs"], dtype=np.float64)
-    num_gated = spec.num_blocks - 1
     block_energy = np.zeros(num_gated)
     block_macs = np.zeros(num_gated)
     fixed_energy = fixed_macs = gate_energy = gate_macs = 0.0

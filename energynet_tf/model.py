@@ -146,6 +146,18 @@ class EnergyNet(keras.Model):
     ):
         super().__init__(**kwargs)
         self.spec = backbone.backbone_spec(depth)
+        self.depth = depth
+        self._configure(num_classes, image_shape, baseline, gate_units, gate_bias_init, alpha, accelerator,
+                        energy_costs, weight_decay, zero_init_residual, gate_lr_multiplier, gate_noise, energy_term,
+                        removed_blocks, policy_weight, exploration, batch_shaping_weight, batch_shaping_prior,
+                        gate_losses)
+
+    def _configure(self, num_classes, image_shape, baseline, gate_units, gate_bias_init, alpha, accelerator,
+                   energy_costs, weight_decay, zero_init_residual, gate_lr_multiplier, gate_noise, energy_term,
+                   removed_blocks, policy_weight, exploration, batch_shaping_weight, batch_shaping_prior,
+                   gate_losses):
+        """Checks the arguments every gated network shares, builds the structure (`_make_structure`) and
+        the variables, and builds the model."""
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(
                 f"Argument `num_classes` must be an int >= 2; received: {num_classes!r}"
@@ -185,7 +197,6 @@ class EnergyNet(keras.Model):
         self.energy_term = energy_term
         self.weight_decay = float(weight_decay)
         self.zero_init_residual = bool(zero_init_residual)
-        self.depth = depth
         self.num_classes = num_classes
         self.image_shape = image_shape
         self.baseline = bool(baseline)
@@ -194,18 +205,7 @@ class EnergyNet(keras.Model):
         self.accelerator = _as_dataclass(accelerator, systolic.AcceleratorConfig, "accelerator")
         self.energy_costs = _as_dataclass(energy_costs, systolic.EnergyCosts, "energy_costs")
 
-        self.plan = backbone.network_plan(self.spec, image_shape)
-        self.energy_table = energy_lib.energy_table(
-            self.spec,
-            image_shape,
-            num_classes,
-            gate_units=None if self.baseline else gate_units,
-            accelerator=self.accelerator,
-            costs=self.energy_costs,
-        )
-        self.num_gates = self.spec.num_blocks - 1
-        self.removed_blocks = self._check_removed_blocks(removed_blocks)
-        self._build_layers()
+        self._make_structure(removed_blocks)
         self.alpha = self.add_weight(
             name="alpha",
             shape=(),
@@ -261,6 +261,21 @@ class EnergyNet(keras.Model):
         self.build((None,) + image_shape)
 
     # -- construction -------------------------------------------------------
+    def _make_structure(self, removed_blocks):
+        """Sets `energy_table`, `num_gates`, `removed_blocks` and the layers (a converted model has its own)."""
+        self.plan = backbone.network_plan(self.spec, self.image_shape)
+        self.energy_table = energy_lib.energy_table(
+            self.spec,
+            self.image_shape,
+            self.num_classes,
+            gate_units=None if self.baseline else self.gate_units,
+            accelerator=self.accelerator,
+            costs=self.energy_costs,
+        )
+        self.num_gates = self.spec.num_blocks - 1
+        self.removed_blocks = self._check_removed_blocks(removed_blocks)
+        self._build_layers()
+
     def _check_removed_blocks(self, removed_blocks):
         if isinstance(removed_blocks, (str, bytes)) or not hasattr(removed_blocks, "__iter__"):
             raise ValueError(f"Argument `removed_blocks` must be a list of gated block numbers; "

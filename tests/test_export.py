@@ -528,3 +528,29 @@ def test_a_plain_network_with_removed_blocks_exports_its_fixed_pattern(tmp_path)
         np.testing.assert_allclose(got["logits"], want["logits"], rtol=0, atol=ATOL)
         np.testing.assert_allclose(got["energy"], want["energy"], rtol=1e-6)
     assert os.path.exists(paths["tflite"])
+
+
+def test_a_converted_keras_resnet_exports_with_real_skipping_and_parity(tmp_path):
+    import energynet_tf
+    from test_convert import _randomise_bn, cifar_resnet
+
+    keras.utils.set_random_seed(3)
+    original = cifar_resnet(blocks_per_stage=(2, 2, 2), widths=(8, 16, 32))
+    _randomise_bn(original)
+    model = energynet_tf.from_keras(original)
+    images = _random_images(6, seed=4)
+    gate_programs.set_input_dependent_gates(model, images, open_fraction=0.5)
+    want = _keras(model, images)
+    assert 0 < want["decisions"].mean() < 1
+    paths = export.export_model(model, tmp_path / "e")
+    for backend, batch in (("saved_model", 4), ("tflite", 1)):
+        _assert_parity(_run(export.load_exported(str(tmp_path / "e"), backend=backend, num_threads=1), images,
+                            batch), want)
+    subgraphs = export.tflite_op_counts(paths["tflite"])
+    main = subgraphs[0][1]
+    # One IF per gate; every gated branch's two convolutions live in IF branches, never in the main graph
+    # (which keeps the stem's and unit 0's; a projection runs in both branches of its unit's IF).
+    assert main["IF"] == model.num_gates == 5 and main["CONV_2D"] == 1 + 2
+    assert sum(c.get("CONV_2D", 0) for _, c in subgraphs[1:]) >= 2 * model.num_gates
+    meta = json.loads(open(paths["metadata"]).read())
+    assert meta["model"]["source"] == "cifar_resnet" and meta["model"]["depth"] is None

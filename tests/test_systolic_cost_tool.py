@@ -140,3 +140,71 @@ def test_command_line_exit_status_and_stderr(tmp_path, good_inputs):
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert f"{tmp_path / 'c.cfg'}:" in proc.stderr and "'wss'" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _saved(tmp_path, name, build):
+    import keras
+
+    inputs = keras.Input((16, 16, 3))
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(build(inputs)))
+    path = str(tmp_path / f"{name}.keras")
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+def test_keras_model_gives_the_reports_of_its_topology(tmp_path):
+    import keras
+
+    from energynet_tf import topology
+
+    path = _saved(tmp_path, "m", lambda x: keras.layers.Conv2D(8, 3, strides=2, name="c2")(
+        keras.layers.Conv2D(4, 3, padding="same", name="c1")(x)))
+    config = os.path.join(GOLDEN_DIR, "resnet38_32x32_os", "config.cfg")
+    assert systolic_cost.main([f"--keras_model={path}", f"--config={config}", f"--outdir={tmp_path / 'k'}"]) == 0
+    rows = scalesim_io.read_topology(str(tmp_path / "k" / "topology.csv"))
+    assert rows == topology.model_topology(keras.saving.load_model(path))
+    assert [r.name for r in rows] == ["c1", "c2", "dense"]
+    assert systolic_cost.main([f"--topology={tmp_path / 'k' / 'topology.csv'}", f"--config={config}",
+                               f"--outdir={tmp_path / 't'}"]) == 0
+    for name in scalesim_io.REPORT_FILES + (scalesim_io.ENERGY_REPORT_FILE,):
+        assert (tmp_path / "k" / name).read_text() == (tmp_path / "t" / name).read_text()
+    # Without --config: the project's default accelerator.
+    assert systolic_cost.main([f"--keras_model={path}", f"--outdir={tmp_path / 'd'}"]) == 0
+    energy = scalesim_io.read_report(str(tmp_path / "d" / "ENERGY_REPORT.csv"))
+    np.testing.assert_array_equal([float(r[-1]) for r in energy[1:]],
+                                  systolic.estimate(rows, systolic.AcceleratorConfig())["energy"])
+
+
+@pytest.mark.parametrize("kind, needle", [
+    ("dilated", "--keras_model={path}: Layer 'dilated': dilated convolutions are not supported"),
+    ("grouped", "--keras_model={path}: Layer 'grouped': grouped convolutions are not supported"),
+    ("depthwise", "--keras_model={path}: layer 'depthwise' is a DepthwiseConv2D, which the cost model does not cover"),
+    ("missing", "--keras_model={path}: no such file"),
+    ("garbage", "--keras_model={path}: not a loadable Keras model"),
+])
+def test_keras_model_the_cost_model_cannot_cover_is_one_line(tmp_path, capsys, kind, needle):
+    import keras
+
+    builds = {
+        "dilated": lambda x: keras.layers.Conv2D(4, 3, dilation_rate=2, name="dilated")(x),
+        "grouped": lambda x: keras.layers.Conv2D(6, 3, groups=3, name="grouped")(x),
+        "depthwise": lambda x: keras.layers.DepthwiseConv2D(3, name="depthwise")(x),
+    }
+    path = str(tmp_path / f"{kind}.keras")
+    if kind in builds:
+        path = _saved(tmp_path, kind, builds[kind])
+    elif kind == "garbage":
+        open(path, "w").write("not a zip")
+    assert systolic_cost.main([f"--keras_model={path}", f"--outdir={tmp_path / 'o'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"systolic_cost: error: {needle.format(path=path)}" or (
+        err.startswith(f"systolic_cost: error: {needle.format(path=path)}") and "\n" not in err), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_topology_needs_config_and_the_two_sources_exclude_each_other(tmp_path, capsys):
+    assert systolic_cost.main([f"--topology={tmp_path / 't.csv'}", f"--outdir={tmp_path / 'o'}"]) == 2
+    assert "--config is required with --topology" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        systolic_cost.main(["--topology=a.csv", "--keras_model=m.keras", f"--outdir={tmp_path / 'o'}"])
+    assert info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

@@ -36,6 +36,8 @@ def _metadata(model, batched, tflite_batched, files, extra, threshold):
         "format_version": FORMAT_VERSION,
         "model": {
             "depth": model.depth,
+            # A `from_keras` model: the name of the Keras model it was converted from.
+            "source": getattr(getattr(model, "source", None), "name", None),
             "baseline": bool(model.baseline),
             "num_classes": model.num_classes,
             "image_shape": list(model.image_shape),

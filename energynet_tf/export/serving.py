@@ -69,7 +69,7 @@ def _run_gated_block(block, x, decision, method):
 
         def run_and_select():
             shortcut = block.shortcut(x, training=False)
-            out = tf.nn.relu(block.residual(x, training=False) + shortcut)
+            out = block.merge(block.residual(x, training=False), shortcut)
             return tf.where(per_example(decision), out, shortcut)
 
         return tf.cond(any_open, run_and_select, skip_all, name=f"{block.name}_skip")
@@ -79,7 +79,7 @@ def _run_gated_block(block, x, decision, method):
         shortcut = block.shortcut(x, training=False)
         open_index = tf.where(d)[:, 0]
         residual = block.residual(tf.gather(x, open_index), training=False)
-        out_open = tf.nn.relu(residual + tf.gather(shortcut, open_index))
+        out_open = block.merge(residual, tf.gather(shortcut, open_index))
         # Stitch: example j takes row cumsum(d)[j] - 1 of out_open if open,
         # else row j of the shortcut (placed after out_open).
         position = tf.cumsum(tf.cast(d, tf.int32)) - 1
