@@ -5,7 +5,7 @@
 
 Converts `keras.applications.ResNet50V2(weights=None, input_shape=(64, 64, 3),
 classes=200)` with `energynet_tf.from_keras`, prints its energy table, trains it
-through the three alpha phases (resumable: rerun the same command after an
+through the three alpha phases, every unit running in phase I (resumable: rerun the same command after an
 interruption), prints the test accuracy, energy savings and skip ratio of every
 gate, and exports the SavedModel and TFLite files with real skipping into
 `OUT/export`. Everything it measured is in `OUT/metrics.json` and
@@ -61,7 +61,10 @@ def main(argv):
           + ", ".join(f"{e / table.total_energy:.1%}" for e in table.block_energy), flush=True)
     recipe = schedule.PhaseSchedule(
         phase1_epochs=FLAGS.phase1_epochs, phase2_epochs=FLAGS.phase2_epochs, phase3_epochs=FLAGS.phase3_epochs,
-        alpha2=FLAGS.alpha2, lr1=FLAGS.lr, lr2=FLAGS.lr, lr3=FLAGS.lr / 10)
+        alpha2=FLAGS.alpha2, lr1=FLAGS.lr, lr2=FLAGS.lr, lr3=FLAGS.lr / 10,
+        # Every unit runs while the randomly initialised backbone learns its first epochs: gates that
+        # close before their units have learned anything keep them useless (BUILD.md, "Measured: training").
+        gate_warmup_epochs=FLAGS.phase1_epochs)
     metrics = training.train_and_evaluate(model, data, FLAGS.out, recipe, FLAGS.batch_size,
                                           training.make_optimizer(), top5=True)
     print(json.dumps({key: metrics[key] for key in ("test_accuracy", "test_top5_accuracy", "energy_savings",
