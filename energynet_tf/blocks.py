@@ -10,7 +10,7 @@ PACKAGE = "energynet_tf"
 _KERNEL_INIT = "he_normal"
 
 
-def _conv(filters, kernel_size, strides, name):
+def _conv(filters, kernel_size, strides, name, dtype=None):
     return keras.layers.Conv2D(
         filters,
         kernel_size,
@@ -19,12 +19,13 @@ def _conv(filters, kernel_size, strides, name):
         use_bias=False,
         kernel_initializer=_KERNEL_INIT,
         name=name,
+        dtype=dtype,
     )
 
 
-def _bn(name, zero_gamma=False):
+def _bn(name, zero_gamma=False, dtype=None):
     return keras.layers.BatchNormalization(
-        momentum=0.9, epsilon=1e-5, gamma_initializer="zeros" if zero_gamma else "ones", name=name)
+        momentum=0.9, epsilon=1e-5, gamma_initializer="zeros" if zero_gamma else "ones", name=name, dtype=dtype)
 
 
 class _ConditionalBlock(keras.layers.Layer):
@@ -54,16 +55,20 @@ class _ConditionalBlock(keras.layers.Layer):
         self.zero_init_residual = bool(zero_init_residual)
         self.out_channels = filters * self.expansion
         plans = backbone.branch_convs(self.kind, filters, strides)
-        self.residual_convs = [_conv(c.filters, c.kernel, c.strides, f"conv{k + 1}") for k, c in enumerate(plans)]
+        # The sublayers take the block's dtype policy (Keras' convention): under a
+        # mixed policy they compute in float16/bfloat16 and keep float32 variables.
+        policy = self.dtype_policy
+        self.residual_convs = [_conv(c.filters, c.kernel, c.strides, f"conv{k + 1}", dtype=policy)
+                               for k, c in enumerate(plans)]
         last = len(plans) - 1
-        self.residual_bns = [_bn(f"bn{k + 1}", zero_gamma=self.zero_init_residual and k == last)
+        self.residual_bns = [_bn(f"bn{k + 1}", zero_gamma=self.zero_init_residual and k == last, dtype=policy)
                              for k in range(len(plans))]
         self._make_shortcut(self.out_channels)
 
     def _make_shortcut(self, out_channels):
         if self.projection:
-            self.shortcut_conv = _conv(out_channels, 1, self.strides, "shortcut_conv")
-            self.shortcut_bn = _bn("shortcut_bn")
+            self.shortcut_conv = _conv(out_channels, 1, self.strides, "shortcut_conv", dtype=self.dtype_policy)
+            self.shortcut_bn = _bn("shortcut_bn", dtype=self.dtype_policy)
         else:
             self.shortcut_conv = None
             self.shortcut_bn = None

@@ -45,16 +45,21 @@ class RNNGate(keras.layers.Layer):
         self.num_gates = num_gates
         self.units = units
         self.bias_initializer = float(bias_initializer)
-        self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
+        # The gate computes in float32 whatever the policy (its input is cast once,
+        # at the pooling): it is a few hundred MACs, and its probabilities decide
+        # which blocks run, charge the energy and are compared with a threshold,
+        # near 0 and 1 where float16's 11 bits would round them.
+        self.pool = keras.layers.GlobalAveragePooling2D(name="pool", dtype="float32")
         self.projections = [
-            keras.layers.Dense(units, name=f"projection_{i}") for i in range(num_gates)
+            keras.layers.Dense(units, name=f"projection_{i}", dtype="float32") for i in range(num_gates)
         ]
         # One cell and one output unit for all gates: one weight set (docs/design.md §1.2).
-        self.cell = keras.layers.LSTMCell(units, name="lstm_cell")
+        self.cell = keras.layers.LSTMCell(units, name="lstm_cell", dtype="float32")
         self.output_dense = keras.layers.Dense(
             1,
             bias_initializer=keras.initializers.Constant(self.bias_initializer),
             name="output",
+            dtype="float32",
         )
 
     def build(self, input_shape):

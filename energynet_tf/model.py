@@ -307,30 +307,35 @@ class EnergyNet(keras.Model):
     def _build_layers(self):
         # Every layer comes from the one walk of the stage table
         # (`backbone.network_plan`), which the energy table counts too.
+        # The backbone takes the model's dtype policy (a mixed policy computes it in
+        # float16/bfloat16 with float32 variables); the gate and the classifier
+        # stay float32: the decisions, the energy and the loss are float32 (BUILD.md,
+        # "Mixed precision").
+        policy = self.dtype_policy
         stem = self.plan.stem
         self.stem_conv = keras.layers.Conv2D(
             stem.filters, stem.kernel, strides=stem.strides, padding="same", use_bias=False,
-            kernel_initializer="he_normal", name="stem_conv")
-        self.stem_pool = (keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")
+            kernel_initializer="he_normal", name="stem_conv", dtype=policy)
+        self.stem_pool = (keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool", dtype=policy)
                           if stem.pool else None)
-        self.stem_bn = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="stem_bn")
+        self.stem_bn = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="stem_bn", dtype=policy)
         self.res_blocks = [
             blocks_lib.BLOCK_CLASSES[plan.block](
                 plan.filters, plan.strides, plan.projection, zero_init_residual=self.zero_init_residual,
-                name=plan.name)
+                name=plan.name, dtype=policy)
             for plan in self.plan.blocks
         ]
         self.gate = None
         if not self.baseline and self.num_gates > 0:
             self.gate = gates_lib.RNNGate(
-                self.num_gates, self.gate_units, self.gate_bias_init, name="gate")
+                self.num_gates, self.gate_units, self.gate_bias_init, name="gate", dtype="float32")
         for b in self.removed_blocks:
             # The residual branch never runs: its weights are not trained (nor
             # counted as trainable); a projection shortcut still runs.
             for layer in self.res_blocks[b].residual_convs + self.res_blocks[b].residual_bns:
                 layer.trainable = False
-        self.head_pool = keras.layers.GlobalAveragePooling2D(name="head_pool")
-        self.classifier = keras.layers.Dense(self.num_classes, name="classifier")
+        self.head_pool = keras.layers.GlobalAveragePooling2D(name="head_pool", dtype=policy)
+        self.classifier = keras.layers.Dense(self.num_classes, name="classifier", dtype="float32")
 
     def build(self, input_shape):
         shape = tuple(input_shape)
@@ -444,7 +449,7 @@ class EnergyNet(keras.Model):
         probabilities, masks = [], []
         states = [None]
         if gate_override is not None:
-            gate_override = ops.convert_to_tensor(gate_override, dtype=x.dtype)
+            gate_override = ops.convert_to_tensor(gate_override, dtype="float32")
             if len(gate_override.shape) == 1:
                 gate_override = ops.broadcast_to(gate_override[None, :], (batch, self.num_gates))
 
