@@ -63,7 +63,13 @@ class RNNGate(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        # Sub-layers are built on first use: projection i sees gate i's width.
+        # Projection i is built for gate i's width (`build_projection`, which a
+        # network calls first); any still unbuilt takes `input_shape`'s channels,
+        # so that `build` alone creates every weight a call would.
+        if input_shape is not None and len(input_shape) == 4 and input_shape[-1] is not None:
+            for i, projection in enumerate(self.projections):
+                if not projection.built:
+                    self.build_projection(i, input_shape[-1])
         self.cell.build((None, self.units))
         self.output_dense.build((None, self.units))
         self.built = True
@@ -89,6 +95,13 @@ class RNNGate(keras.layers.Layer):
         h, new_states = self.cell(projected, states, training=training)
         probability = ops.sigmoid(self.output_dense(h))[:, 0]
         return probability, new_states
+
+    def compute_output_spec(self, inputs, gate_index=0, states=None, training=False):
+        """`(probability (batch,), [h, c] (batch, units))`, all float32 whatever the policy."""
+        batch = inputs.shape[0]
+        state = keras.KerasTensor((batch, self.units), dtype="float32")
+        return keras.KerasTensor((batch,), dtype="float32"), [state, keras.KerasTensor((batch, self.units),
+                                                                                       dtype="float32")]
 
     # -- the gate as arithmetic: the serving graph and programmed policies -----
     def fused_constants(self):

@@ -84,3 +84,33 @@ def test_zero_init_residual_blocks_are_their_shortcut_at_initialisation(cls, fil
     # Without the option the block does not start as its shortcut.
     plain = _run(cls(filters, strides, projection), x, training=False)
     assert np.abs(plain - np.maximum(shortcut, 0.0)).max() > 1e-3
+
+
+class _KerasLayerTest:
+    """Keras's own layer-test harness (`keras.src.testing.TestCase.run_layer_test`), as every Keras layer passes it."""
+
+    @staticmethod
+    def run(*args, **kwargs):
+        from keras.src import testing
+
+        class Case(testing.TestCase):
+            def runTest(self):
+                pass
+
+        Case().run_layer_test(*args, **kwargs)
+
+
+@pytest.mark.parametrize("cls, kwargs, shape, out_channels, train", [
+    (blocks.BasicBlock, dict(filters=4), (2, 8, 8, 4), 4, True),
+    (blocks.BasicBlock, dict(filters=8, strides=2, projection=True), (2, 8, 8, 4), 8, False),
+    (blocks.BasicBlock, dict(filters=4, zero_init_residual=True), (2, 8, 8, 4), 4, False),
+    (blocks.BottleneckBlock, dict(filters=4), (2, 8, 8, 16), 16, False),
+    (blocks.BottleneckBlock, dict(filters=8, strides=2, projection=True), (2, 8, 8, 16), 32, True),
+    (blocks.BottleneckBlock, dict(filters=4, zero_init_residual=True), (2, 8, 8, 16), 16, False),
+])
+def test_blocks_pass_keras_layer_test_with_its_mixed_precision_check(cls, kwargs, shape, out_channels, train):
+    height = shape[1] // kwargs.get("strides", 1)
+    # (Keras's training check fits a model around the layer: two configurations are enough for it.)
+    _KerasLayerTest.run(cls, init_kwargs=kwargs, input_shape=shape,
+                        expected_output_shape=(shape[0], height, height, out_channels),
+                        run_mixed_precision_check=True, run_training_check=train)

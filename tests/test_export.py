@@ -554,3 +554,15 @@ def test_a_converted_keras_resnet_exports_with_real_skipping_and_parity(tmp_path
     assert sum(c.get("CONV_2D", 0) for _, c in subgraphs[1:]) >= 2 * model.num_gates
     meta = json.loads(open(paths["metadata"]).read())
     assert meta["model"]["source"] == "cifar_resnet" and meta["model"]["depth"] is None
+
+
+def test_a_mixed_precision_model_exports_a_float32_graph_with_parity(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = EnergyNet(depth=8, dtype="mixed_bfloat16")
+    gate_programs.set_input_dependent_gates(model, IMAGES, open_fraction=0.5)
+    want = _keras(export.float32_model(model), IMAGES)
+    assert 0 < want["decisions"].mean() < 1
+    export.export_model(model, tmp_path / "e")
+    for backend, batch in (("saved_model", 6), ("tflite", 1)):
+        _assert_parity(_run(export.load_exported(str(tmp_path / "e"), backend=backend, num_threads=1), IMAGES,
+                            batch), want)

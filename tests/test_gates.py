@@ -138,3 +138,20 @@ def test_noisy_straight_through_gradient_is_that_of_the_noisy_sigmoid():
     # At p = 0.5, s = sigmoid(L) is uniform on (0, 1): E[s (1 - s)] = 1/6, and
     # 1 / (p (1 - p)) = 4, so the mean gradient is 2/3.
     assert grad.mean() == pytest.approx(2 / 3, rel=0.03)
+
+
+def test_the_gate_passes_keras_layer_test_and_stays_float32_under_a_mixed_policy():
+    from keras.src import testing
+
+    class Case(testing.TestCase):
+        def runTest(self):
+            pass
+
+    Case().run_layer_test(gates.RNNGate, init_kwargs=dict(num_gates=2, units=4), input_shape=(3, 8, 8, 5),
+                          call_kwargs={"gate_index": 1}, expected_output_shape=((3,), [(3, 4), (3, 4)]),
+                          run_mixed_precision_check=True, run_training_check=False)
+    gate = gates.RNNGate(num_gates=2, units=4, dtype="mixed_float16")
+    probability, (h, c) = gate(tf.random.normal((3, 8, 8, 5), dtype=tf.float16), gate_index=0)
+    # Its probabilities decide, charge the energy and meet thresholds near 0 and 1: float32.
+    assert probability.dtype == tf.float32 and h.dtype == tf.float32
+    assert all(w.dtype == "float32" for w in gate.weights)

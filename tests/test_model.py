@@ -422,3 +422,50 @@ def test_inference_threshold_moves_decisions_but_not_training():
     model.gate_noise.assign(0.0)
     trained = model.forward(x, training=True, threshold=0.49)["decisions"]
     assert np.asarray(trained).sum() == 0  # training decides at 0.5 whatever the threshold
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_a_mixed_precision_model_trains_keeps_float32_variables_decisions_and_energy(policy):
+    keras.utils.set_random_seed(0)
+    model = EnergyNet(depth=8, alpha=0.5, dtype=policy)
+    training.compile_model(model, training.make_optimizer())
+    model.optimizer.learning_rate.assign(0.1)  # (the trainers' schedule sets it per step)
+    # float16 needs loss scaling (Keras wraps the optimizer); bfloat16 has float32's range.
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")
+    assert model.res_blocks[0].residual_convs[0].compute_dtype == policy.split("_")[1]
+    x = np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype("float32")
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    history = model.fit(x, np.arange(16) % 10, batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    assert all(w.dtype == "float32" for w in model.weights)
+    assert any(not np.array_equal(a, w.numpy()) for a, w in zip(before, model.trainable_weights))
+    out = model.forward(x[:4])
+    assert {str(v.dtype) for v in out.values()} == {"<dtype: 'float32'>"}
+    assert model.inference_energy(out["decisions"]).dtype == "float32"
+
+
+def test_a_model_saved_under_one_policy_loads_and_predicts_under_another(tmp_path):
+    keras.utils.set_random_seed(1)
+    mixed = EnergyNet(depth=8, dtype="mixed_bfloat16")
+    mixed.save(tmp_path / "mixed.keras")
+    plain = EnergyNet(depth=8)
+    plain.save(tmp_path / "plain.keras")
+    x = np.random.default_rng(1).normal(size=(4, 32, 32, 3)).astype("float32")
+    previous = keras.config.dtype_policy()
+    try:
+        keras.config.set_dtype_policy("float32")
+        loaded_mixed = keras.saving.load_model(tmp_path / "mixed.keras", safe_mode=True)
+        keras.config.set_dtype_policy("mixed_bfloat16")
+        loaded_plain = keras.saving.load_model(tmp_path / "plain.keras", safe_mode=True)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    # Each keeps the policy it was saved with, and its weights.
+    assert loaded_mixed.dtype_policy.name == "mixed_bfloat16" and loaded_plain.dtype_policy.name == "float32"
+    np.testing.assert_array_equal(loaded_plain(x).numpy(), plain(x).numpy())
+    np.testing.assert_array_equal(loaded_mixed(x).numpy(), mixed(x).numpy())
+    # The float32 copy the exports serve: the mixed model's weights at full precision.
+    from energynet_tf import export
+
+    full = export.float32_model(loaded_mixed)
+    assert full.dtype_policy.name == "float32" and export.float32_model(plain) is plain
+    np.testing.assert_allclose(full(x).numpy(), mixed(x).numpy(), atol=0.05 * np.abs(full(x).numpy()).max())

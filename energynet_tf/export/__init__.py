@@ -77,5 +77,5 @@ from energynet_tf.export.common import (  # noqa: F401
 from energynet_tf.export.loading import ExportedModel, load_exported, tflite_interpreter  # noqa: F401
 from energynet_tf.export.package import export_model  # noqa: F401
 from energynet_tf.export.quantize import convert_to_tflite_int8, keep_output_float, merge_calibrations  # noqa: F401
-from energynet_tf.export.serving import check_model, save_saved_model, serving_function  # noqa: F401
+from energynet_tf.export.serving import check_model, float32_model, save_saved_model, serving_function  # noqa: F401
 from energynet_tf.export.tflite import convert_to_tflite, tflite_op_counts  # noqa: F401

@@ -15,6 +15,7 @@ from energynet_tf.export.loading import (  # noqa: F401
 )
 from energynet_tf.export.serving import (  # noqa: F401
     check_model,
+    float32_model,
     save_saved_model,
 )
 
@@ -185,6 +186,7 @@ def convert_to_tflite_int8(model, representative_images, calibration_examples=No
     from tensorflow.lite.python import convert
 
     check_model(model)
+    model = float32_model(model)
     if representative_images is None or len(representative_images) == 0:
         raise ExportError("int8 quantisation needs representative images (real, normalised inputs)")
     images = _check_images_np(representative_images, model.image_shape)

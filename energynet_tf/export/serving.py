@@ -229,6 +229,24 @@ def check_model(model):
         )
 
 
+def float32_model(model):
+    """`model` if it computes in float32, else a float32 copy of it with the same weights.
+
+    The serving graph (SavedModel, TFLite) is float32 whatever policy the
+    model was trained under: a mixed-precision model's variables are float32
+    already, so the copy computes what the trained weights define, at full
+    precision, and the parity tests compare the exports with it.
+    """
+    policy = getattr(model, "dtype_policy", None)
+    if policy is None or policy.compute_dtype == "float32":
+        return model
+    config = model.get_config()
+    config["dtype"] = "float32"
+    copy = type(model).from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def save_saved_model(model, path, batched=DEFAULT_BATCHED_METHOD, check_shape=True, batch_size=None, threshold=0.5):
     """Writes the serving SavedModel of `model` to directory `path`.
 
@@ -245,6 +263,7 @@ def save_saved_model(model, path, batched=DEFAULT_BATCHED_METHOD, check_shape=Tr
         `path`.
     """
     check_model(model)
+    model = float32_model(model)
     if batched == "single" and batch_size != 1:
         raise ValueError("the 'single' method needs batch_size=1")
     _archive(model, serving_function(model, batched, check_shape, threshold), batch_size).write_out(os.fspath(path), verbose=False)
