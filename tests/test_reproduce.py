@@ -229,13 +229,20 @@ def test_overrides_are_typed():
     assert not any("cosine" in f for f in default.energynet_flags("b.keras"))
     assert "--zero_init_residual" in default.baseline_flags()
     assert not any("decoupled" in f or "phase3_gate" in f for f in default.energynet_flags("b.keras"))
+    assert not any("mixed_precision" in f for f in default.baseline_flags())
+    bf16 = reproduce.parse_overrides(reproduce.PRESETS["cpu"], "mixed_precision=bfloat16")
+    assert "--mixed_precision=bfloat16" in bf16.baseline_flags() and "--mixed_precision=bfloat16" in \
+        bf16.energynet_flags("b.keras")
+    with pytest.raises(reproduce.UsageError, match="preset field mixed_precision must be float32, bfloat16 or float16"):
+        reproduce.parse_overrides(reproduce.PRESETS["cpu"], "mixed_precision=half")
 
 
 def test_stored_configurations_without_newer_fields_still_match():
     import dataclasses
 
     stored = dataclasses.asdict(reproduce.PRESETS["cpu"])
-    for added in ("zero_init_residual", "decoupled_weight_decay", "phase3_gate_lr_multiplier", "lr_restarts"):
+    for added in ("zero_init_residual", "decoupled_weight_decay", "phase3_gate_lr_multiplier", "lr_restarts",
+                  "mixed_precision"):
         del stored[added]
     assert reproduce._with_defaults(stored) == dataclasses.asdict(reproduce.PRESETS["cpu"])
 

@@ -228,3 +228,18 @@ def test_a_second_trainer_on_a_live_run_directory_stops_naming_the_first(fake_da
     finally:
         third.kill()
         third.wait()
+
+
+def test_mixed_precision_trains_records_its_precision_and_saves_a_mixed_model(fake_data_dir, tmp_path):
+    import keras
+
+    import energynet_tf  # noqa: F401  (registers the classes for loading)
+
+    model_dir = tmp_path / "bf16"
+    result = run_trainer(*smoke_args(fake_data_dir, model_dir, "--mixed_precision=bfloat16"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((model_dir / "config.json").read_text())["mixed_precision"] == "bfloat16"
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert 0 <= metrics["test_accuracy"] <= 1 and "energy_savings" in metrics
+    model = keras.saving.load_model(model_dir / "model.keras", safe_mode=True)
+    assert model.dtype_policy.name == "mixed_bfloat16" and model.gate.compute_dtype == "float32"

@@ -50,6 +50,11 @@ def test_check_run_dir_names_the_differing_setting(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(other.to_dict()))
     with pytest.raises(common.UsageError, match=r"schedule.alpha2=0.5.*schedule.alpha2=0.9"):
         common.check_run_dir(config)
+    # A run keeps its precision: resuming under another one is refused, naming it.
+    (tmp_path / "config.json").write_text(json.dumps(RunConfig(model_dir=str(tmp_path), depth=8, seed=0,
+                                                               mixed_precision="bfloat16").to_dict()))
+    with pytest.raises(common.UsageError, match=r"mixed_precision='bfloat16'.*mixed_precision='float32'"):
+        common.check_run_dir(config)
     # Where the data lives, and the strategy, may change between a run and its resumption.
     moved = RunConfig(model_dir=str(tmp_path), depth=8, data_dir="/elsewhere", strategy="mirrored")
     (tmp_path / "config.json").write_text(json.dumps(moved.to_dict()))
@@ -78,6 +83,7 @@ def test_run_directories_of_the_flat_format_still_resume(tmp_path):
     ({"batch_size": 0}, "RunConfig.batch_size must be a positive integer; received: 0"),
     ({"depth": 21}, "RunConfig.depth must be one of"),
     ({"strategy": "gpu"}, "RunConfig.strategy must be one of"),
+    ({"mixed_precision": "half"}, r"RunConfig.mixed_precision must be one of \('float32', 'bfloat16', 'float16'\)"),
     ({"momentum": 1.0}, r"RunConfig.momentum must be in \[0, 1\)"),
     ({"pin_checkpoints": (0,)}, "RunConfig.pin_checkpoints must be a tuple of epochs >= 1"),
     ({"baseline": True, "depth": 8, "removed_blocks": (3,)}, r"removed_blocks must be gated block numbers in \[1, 2\]"),

@@ -85,6 +85,7 @@ class Preset:
         seed: seed of both arms.
         max_train_examples: train on the first N training examples (None: all).
         validation_examples: examples held out from the training split.
+        mixed_precision: both arms' `--mixed_precision` (float32, bfloat16 or float16).
     """
 
     depth: int
@@ -121,6 +122,7 @@ class Preset:
     seed: int = 0
     max_train_examples: int = None
     validation_examples: int = 5000
+    mixed_precision: str = "float32"
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -130,6 +132,11 @@ class Preset:
             if f.type is bool:
                 if not isinstance(value, bool):
                     raise UsageError(f"preset field {f.name} must be true or false; received: {value!r}")
+                continue
+            if f.name == "mixed_precision":
+                if value not in ("float32", "bfloat16", "float16"):
+                    raise UsageError("preset field mixed_precision must be float32, bfloat16 or float16; "
+                                     f"received: {value!r}")
                 continue
             if f.name == "energy_term":
                 if value not in ("expected", "decisions"):
@@ -194,6 +201,8 @@ class Preset:
             out.append(f"--decoupled_weight_decay={self.decoupled_weight_decay}")
         if self.max_train_examples is not None:
             out.append(f"--max_train_examples={self.max_train_examples}")
+        if self.mixed_precision != "float32":
+            out.append(f"--mixed_precision={self.mixed_precision}")
         return out
 
 

@@ -79,6 +79,7 @@ def define_flags(default_depth, default_batch_size=128):
     flags.DEFINE_boolean("verbose", True, "Print progress.")
     flags.DEFINE_boolean("evaluate_test", True, "Evaluate the final model on the test split (searches turn it off: nothing is selected on the test set).")
     flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy: default (one device), mirrored (every local GPU), multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG; run the same command on every worker, with a --model_dir all of them see) or tpu. --batch_size is the global batch; only the chief writes. A run may resume under another strategy.")
+    flags.DEFINE_enum("mixed_precision", "float32", ["float32", "bfloat16", "float16"], "The backbone's compute dtype: float32, or Keras' mixed_bfloat16 / mixed_float16 policy (variables, gates, energy and loss stay float32; float16 scales the loss). Recorded in config.json; a run resumes only with the precision it started with.")
     flags.DEFINE_boolean("check_only", False, "Check the flags, the run directory and the data, then exit 0 without writing anything.")
 
 
@@ -211,6 +212,7 @@ def build_model(config, num_classes, image_shape):
         batch_shaping_prior=config.batch_shaping_prior,
         gate_losses=(("reinforce",) if config.schedule.reinforce_phases else ())
         + (("batch_shaping",) if config.schedule.batch_shaping_weight > 0 else ()),
+        dtype=None if config.mixed_precision == "float32" else f"mixed_{config.mixed_precision}",
     )
 
 

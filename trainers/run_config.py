@@ -22,6 +22,7 @@ from energynet_tf.systolic.config import AcceleratorConfig
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")  # distribute.STRATEGIES, without TensorFlow
 ENERGY_TERMS = ("expected", "decisions")
+PRECISIONS = ("float32", "bfloat16", "float16")  # --mixed_precision: the backbone's compute dtype
 DATASETS = ("cifar10", "tiny_imagenet")
 
 # Fields that may change between a run and its resumption.
@@ -68,6 +69,10 @@ class RunConfig:
         verbose: print progress.
         evaluate_test: evaluate the final model on the test split.
         strategy: the `tf.distribute` strategy (`distribute.make_strategy`).
+        mixed_precision: "float32", or "bfloat16"/"float16": the backbone
+            computes in that dtype (Keras' `mixed_*` policy; variables, gates,
+            energy and loss stay float32; float16 scales the loss). Not
+            resumable under another value: a run keeps its precision.
 
     Raises:
         ValueError: naming the field, what was expected and what was received.
@@ -105,6 +110,7 @@ class RunConfig:
     verbose: bool = True
     evaluate_test: bool = True
     strategy: str = "default"
+    mixed_precision: str = "float32"
 
     def __post_init__(self):
         def fail(name, expected):
@@ -147,6 +153,8 @@ class RunConfig:
             fail("energy_term", f"one of {ENERGY_TERMS}")
         if self.strategy not in STRATEGIES:
             fail("strategy", f"one of {STRATEGIES}")
+        if self.mixed_precision not in PRECISIONS:
+            fail("mixed_precision", f"one of {PRECISIONS}")
         if not isinstance(self.pin_checkpoints, tuple) or any(not _is_int(e) or e < 1 for e in self.pin_checkpoints):
             fail("pin_checkpoints", "a tuple of epochs >= 1")
         if not isinstance(self.removed_blocks, tuple) or any(not _is_int(b) or b < 1 for b in self.removed_blocks):
