@@ -1,13 +1,16 @@
 """Training throughput of EnergyNet variants, measured side by side in one run.
 
     python -m tools.bench_train_speed --depth=20 --steps=8 --repeats=3
+    python -m tools.bench_train_speed --depth=38 --compare=precision   # float32 vs bfloat16 vs float16
 
 Each variant runs in its own process (threading must be set before TensorFlow
 starts), alternating A, B, C, A, B, C, ... so that load on the machine hits
 every variant alike; it prints the median images/s and the ratio to the
-first variant. Variants: gated EnergyNet with the trainer's deterministic
-mode (one inter-op thread + op determinism), gated without it, and the
-baseline (no gates) in deterministic mode.
+first variant. `--compare=modes` (default): gated EnergyNet with the trainer's
+deterministic mode (one inter-op thread + op determinism), gated without it,
+and the baseline (no gates) in deterministic mode. `--compare=precision`: the
+gated EnergyNet in deterministic mode under `--mixed_precision` float32,
+bfloat16 and float16 (the trainers' flag).
 """
 
 import json
@@ -27,11 +30,13 @@ def _define_flags():
     flags.DEFINE_integer("batch_size", 128, "Batch size.")
     flags.DEFINE_integer("steps", 8, "Timed training steps per measurement (after 2 warm-up steps).")
     flags.DEFINE_integer("repeats", 3, "Measurements per variant.")
+    flags.DEFINE_enum("compare", "modes", ["modes", "precision"], "Which variants: the deterministic mode and the "
+                      "gates (modes), or the compute precision (precision).")
 
 _WORKER = r"""
 import json, sys, time
 import numpy as np
-depth, batch, steps, baseline, deterministic = json.loads(sys.argv[1])
+depth, batch, steps, baseline, deterministic, precision = json.loads(sys.argv[1])
 import tensorflow as tf
 if deterministic:
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -40,7 +45,7 @@ import keras
 from energynet_tf.model import EnergyNet
 from energynet_tf import training
 keras.utils.set_random_seed(0)
-model = EnergyNet(depth=depth, baseline=baseline)
+model = EnergyNet(depth=depth, baseline=baseline, dtype=None if precision == "float32" else "mixed_" + precision)
 training.compile_model(model, training.make_optimizer())
 model.optimizer.learning_rate.assign(0.05)
 rng = np.random.default_rng(0)
@@ -101,32 +106,34 @@ def measure_pair(depth, batch_size, steps, rounds):
 
 
 VARIANTS = (
-    ("gated, deterministic (trainer default)", False, True),
-    ("gated, not deterministic", False, False),
-    ("baseline, deterministic", True, True),
+    ("gated, deterministic (trainer default)", False, True, "float32"),
+    ("gated, not deterministic", False, False, "float32"),
+    ("baseline, deterministic", True, True, "float32"),
+)
+PRECISION_VARIANTS = (
+    ("gated, float32 (trainer default)", False, True, "float32"),
+    ("gated, --mixed_precision=bfloat16", False, True, "bfloat16"),
+    ("gated, --mixed_precision=float16", False, True, "float16"),
 )
 
 
-def measure(depth, batch_size, steps, baseline, deterministic=True):
+def measure(depth, batch_size, steps, baseline, deterministic=True, precision="float32"):
     """Training images/s of one variant, in a fresh process (synthetic data)."""
-    args = json.dumps([depth, batch_size, steps, baseline, deterministic])
+    args = json.dumps([depth, batch_size, steps, baseline, deterministic, precision])
     out = subprocess.run([sys.executable, "-c", _WORKER, args], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"]
 
 
-def _measure(baseline, deterministic):
-    return measure(FLAGS.depth, FLAGS.batch_size, FLAGS.steps, baseline, deterministic)
-
-
 def main(argv):
     del argv
-    results = {name: [] for name, _, _ in VARIANTS}
+    variants = PRECISION_VARIANTS if FLAGS.compare == "precision" else VARIANTS
+    results = {name: [] for name, _, _, _ in variants}
     for r in range(FLAGS.repeats):
-        for name, baseline, deterministic in VARIANTS:
-            value = _measure(baseline, deterministic)
+        for name, baseline, deterministic, precision in variants:
+            value = measure(FLAGS.depth, FLAGS.batch_size, FLAGS.steps, baseline, deterministic, precision)
             results[name].append(value)
             print(f"repeat {r + 1}: {name}: {value:.1f} img/s", flush=True)
-    reference = statistics.median(results[VARIANTS[0][0]])
+    reference = statistics.median(results[variants[0][0]])
     print(f"\nResNet-{FLAGS.depth}, batch {FLAGS.batch_size}, {FLAGS.steps} steps x {FLAGS.repeats} repeats (median img/s, ratio to the first):")
     for name, values in results.items():
         median = statistics.median(values)
