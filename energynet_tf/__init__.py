@@ -19,7 +19,8 @@ __version__ = "0.1.0"
 
 def register_keras_objects():
     """Registers the package's Keras classes (imports TensorFlow and Keras)."""
-    from energynet_tf import convert  # noqa: F401  (imports model, blocks, gates, metrics)
+    # (`model` imports `convert` at its end: `ConvertedEnergyNet` is registered with it.)
+    from energynet_tf import model  # noqa: F401  (imports blocks, gates, metrics, convert)
 
 
 def __getattr__(name):

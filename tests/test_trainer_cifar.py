@@ -230,6 +230,7 @@ def test_a_second_trainer_on_a_live_run_directory_stops_naming_the_first(fake_da
         third.wait()
 
 
+@pytest.mark.slow  # the flag end to end; test_trainers_common.py checks its model without a subprocess
 def test_mixed_precision_trains_records_its_precision_and_saves_a_mixed_model(fake_data_dir, tmp_path):
     import keras
 

@@ -119,3 +119,14 @@ def test_main_guard_keeps_the_traceback_of_anything_but_the_projects_errors(caps
         common.main_guard(bad_input)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == "error: --depth=21 is not supported"
+
+
+@pytest.mark.parametrize("precision, policy", [("float32", "float32"), ("bfloat16", "mixed_bfloat16"),
+                                               ("float16", "mixed_float16")])
+def test_mixed_precision_builds_the_model_under_its_policy(precision, policy, tmp_path):
+    from trainers.run_config import RunConfig
+
+    config = RunConfig(model_dir=str(tmp_path), depth=8, mixed_precision=precision)
+    model = common.build_model(config, num_classes=10, image_shape=(32, 32, 3))
+    assert model.dtype_policy.name == policy and model.gate.compute_dtype == "float32"
+    assert RunConfig.from_dict(config.to_dict()).mixed_precision == precision
