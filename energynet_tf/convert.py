@@ -20,7 +20,7 @@ logits.
 """
 
 import dataclasses
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import keras
 from keras import ops
@@ -97,8 +97,8 @@ class _Graph:
     """The analysed functional graph: the stem, the units, what runs between them, and the head."""
 
     def __init__(self, model):
-        if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth") or not getattr(
-                model, "_is_graph_network", hasattr(model, "_nodes_by_depth")):
+        # A functional model (keras.Model built from keras.Input, Sequential's graph too) has nodes by depth.
+        if not isinstance(model, keras.Model) or not getattr(model, "_nodes_by_depth", None):
             raise ConversionError("from_keras: argument `model` must be a functional keras.Model (built with "
                                   f"keras.Input and layer calls, or keras.applications); received: {model!r}")
         if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -265,7 +265,8 @@ class _Graph:
             indices = sorted(self.upstream(end) - self.upstream(start) - ({self.producer[start].index}
                              if start in self.producer else set()))
             if start != self.input_id and start not in self._ancestor_tensors(end):
-                raise ConversionError(self._not_a_chain(k, end))
+                raise ConversionError(f"from_keras: {self.describe(end)} does not follow from residual unit "
+                                      f"{self.units[k - 1].name!r}: the network must be a chain of residual units")
             steps = [self.steps[i] for i in indices]
             produced = {start} | {t for s in steps for t in s.outputs}
             for step in steps:
@@ -287,10 +288,6 @@ class _Graph:
         if missing:
             raise ConversionError(f"from_keras: layer {missing[0].layer.name!r} does not lead to the model's "
                                   "output through the chain of residual units: it cannot be converted")
-
-    def _not_a_chain(self, k, end):
-        return (f"from_keras: {self.describe(end)} does not follow from residual unit {k - 1}'s output: the "
-                "network must be a chain of residual units")
 
     def _head_output(self):
         last = self.producer[self.output_id].layer
@@ -424,7 +421,9 @@ class ConvertedEnergyNet(EnergyNet):
                 x = self.graph.run_segment(k, x, training)
             gate = k - 1 if k > 0 else None
             if gate is not None and k in self.removed_blocks:
-                x = unit.merge(ops.zeros_like(unit.shortcut(x, training=training)), unit.shortcut(x, training=training))
+                # A removed unit adds nothing to its shortcut (the branch never runs).
+                shortcut = unit.shortcut(x, training=training)
+                x = unit.merge(ops.zeros_like(shortcut), shortcut)
                 continue
             if gate is None or decide is None:
                 x = unit(x, training=training)
