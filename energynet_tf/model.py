@@ -587,7 +587,50 @@ class EnergyNet(keras.Model):
             loss = ce + alpha * energy / num_replicas
         if self.weight_decay > 0:
             loss = loss + self.l2_penalty() / num_replicas
+        teacher = getattr(self, "_teacher", None)
+        if training and teacher is not None:
+            model, weight, temperature = teacher
+            teacher_logits = ops.stop_gradient(model(x, training=False))
+            loss = loss + weight * self.distillation_loss(teacher_logits, out["logits"], temperature) / num_replicas
         return x, y, sample_weight, out, ce, loss
+
+    def set_teacher(self, teacher, weight, temperature=4.0):
+        """Adds a distillation term from a frozen `teacher` to the training loss (None removes it).
+
+        The training loss gains `weight * T^2 * KL(softmax(t / T) || softmax(s / T))`
+        between the teacher's logits `t` (inference mode, no gradient) and
+        this network's `s` (Hinton et al. 2015). With the network's own
+        weights at the branch epoch as the teacher (`--distill_weight`, the
+        trainers), the gated network is pulled towards what the full network
+        predicted: no extra training data or epochs, one extra forward pass
+        per step. The teacher is not part of the model (not saved, not
+        trained); set it before `fit` (the training step is traced once).
+
+        Args:
+            teacher: a Keras model mapping the same images to logits, or None.
+            weight: the term's weight, > 0.
+            temperature: T, > 0.
+
+        Raises:
+            ValueError: for a weight or temperature that is not > 0.
+        """
+        if teacher is not None:
+            for name, value in (("weight", weight), ("temperature", temperature)):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
+                        or value <= 0:
+                    raise ValueError(f"Argument `{name}` must be a finite number > 0; received: {value!r}")
+            teacher.trainable = False
+        # Not tracked: the teacher's weights are neither trained nor saved with this model.
+        object.__setattr__(self, "_teacher", None if teacher is None else (teacher, float(weight),
+                                                                            float(temperature)))
+
+    def distillation_loss(self, teacher_logits, logits, temperature):
+        """`T^2 * KL(softmax(t / T) || softmax(s / T))`, averaged over the batch."""
+        t = ops.cast(teacher_logits, "float32") / temperature
+        s = ops.cast(logits, "float32") / temperature
+        target = ops.softmax(t, axis=-1)
+        kl = ops.sum(target * (ops.log_softmax(t, axis=-1) - ops.log_softmax(s, axis=-1)), axis=-1)
+        return temperature * temperature * ops.mean(kl)
 
     def soften_gates(self, temperature):
         """Divides every gate's logit by `temperature` once (the shared output unit's kernel and bias).

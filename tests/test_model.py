@@ -469,3 +469,30 @@ def test_a_model_saved_under_one_policy_loads_and_predicts_under_another(tmp_pat
     full = export.float32_model(loaded_mixed)
     assert full.dtype_policy.name == "float32" and export.float32_model(plain) is plain
     np.testing.assert_allclose(full(x).numpy(), mixed(x).numpy(), atol=0.05 * np.abs(full(x).numpy()).max())
+
+
+def test_distillation_adds_the_tempered_kl_to_a_frozen_teacher_and_never_trains_it():
+    keras.utils.set_random_seed(2)
+    student = EnergyNet(depth=8, alpha=0.3, gate_noise=0.0)
+    teacher = EnergyNet(depth=8, baseline=True)
+    x = np.random.default_rng(2).normal(size=(6, 32, 32, 3)).astype("float32")
+    y = np.arange(6) % 10
+    student.set_teacher(teacher, weight=0.7, temperature=3.0)
+    training.compile_model(student, training.make_optimizer())
+    _, _, _, out, ce, loss = student._step((x, y), training=True)
+    t = teacher(x, training=False).numpy() / 3.0
+    s = out["logits"].numpy() / 3.0
+    p = np.exp(t - t.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    log_q = s - s.max(1, keepdims=True) - np.log(np.exp(s - s.max(1, keepdims=True)).sum(1, keepdims=True))
+    kl = (p * (np.log(p) - log_q)).sum(1).mean()
+    energy = float(np.mean(student.expected_energy(out["probabilities"])))
+    assert float(loss) == pytest.approx(float(ce) + 0.3 * energy + 0.7 * 9.0 * kl, rel=1e-5)
+    # The teacher is not part of the student: not trained, not saved.
+    before = [w.numpy().copy() for w in teacher.weights]
+    student.optimizer.learning_rate.assign(0.1)
+    student.fit(x, y, batch_size=3, epochs=1, verbose=0)
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, teacher.weights))
+    assert not {id(w) for w in teacher.weights} & {id(w) for w in student.weights}
+    with pytest.raises(ValueError, match="Argument `weight` must be a finite number > 0"):
+        student.set_teacher(teacher, weight=0.0)

@@ -233,6 +233,9 @@ def test_overrides_are_typed():
     bf16 = reproduce.parse_overrides(reproduce.PRESETS["cpu"], "mixed_precision=bfloat16")
     assert "--mixed_precision=bfloat16" in bf16.baseline_flags() and "--mixed_precision=bfloat16" in \
         bf16.energynet_flags("b.keras")
+    distilled = reproduce.parse_overrides(reproduce.PRESETS["cpu"], "distill_weight=0.5,distill_temperature=3")
+    assert {"--distill_weight=0.5", "--distill_temperature=3.0"} <= set(distilled.energynet_flags("b.keras"))
+    assert not any("distill" in f for f in distilled.baseline_flags() + default.energynet_flags("b.keras"))
     with pytest.raises(reproduce.UsageError, match="preset field mixed_precision must be float32, bfloat16 or float16"):
         reproduce.parse_overrides(reproduce.PRESETS["cpu"], "mixed_precision=half")
 
@@ -242,7 +245,7 @@ def test_stored_configurations_without_newer_fields_still_match():
 
     stored = dataclasses.asdict(reproduce.PRESETS["cpu"])
     for added in ("zero_init_residual", "decoupled_weight_decay", "phase3_gate_lr_multiplier", "lr_restarts",
-                  "mixed_precision"):
+                  "mixed_precision", "distill_weight", "distill_temperature"):
         del stored[added]
     assert reproduce._with_defaults(stored) == dataclasses.asdict(reproduce.PRESETS["cpu"])
 

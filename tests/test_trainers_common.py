@@ -83,6 +83,9 @@ def test_run_directories_of_the_flat_format_still_resume(tmp_path):
     ({"batch_size": 0}, "RunConfig.batch_size must be a positive integer; received: 0"),
     ({"depth": 21}, "RunConfig.depth must be one of"),
     ({"strategy": "gpu"}, "RunConfig.strategy must be one of"),
+    ({"distill_weight": 0.5}, "RunConfig.distill_weight must be 0 without init_from"),
+    ({"distill_weight": -1.0, "init_from": "b.keras"}, "RunConfig.distill_weight must be a finite number >= 0"),
+    ({"distill_temperature": 0.0}, "RunConfig.distill_temperature must be a finite number > 0"),
     ({"mixed_precision": "half"}, r"RunConfig.mixed_precision must be one of \('float32', 'bfloat16', 'float16'\)"),
     ({"momentum": 1.0}, r"RunConfig.momentum must be in \[0, 1\)"),
     ({"pin_checkpoints": (0,)}, "RunConfig.pin_checkpoints must be a tuple of epochs >= 1"),
@@ -130,3 +133,23 @@ def test_mixed_precision_builds_the_model_under_its_policy(precision, policy, tm
     model = common.build_model(config, num_classes=10, image_shape=(32, 32, 3))
     assert model.dtype_policy.name == policy and model.gate.compute_dtype == "float32"
     assert RunConfig.from_dict(config.to_dict()).mixed_precision == precision
+
+
+def test_distill_weight_makes_the_init_from_model_the_teacher(tmp_path):
+    import keras
+    import numpy as np
+
+    from energynet_tf.model import EnergyNet
+    from trainers.run_config import RunConfig
+
+    keras.utils.set_random_seed(3)
+    baseline = EnergyNet(depth=8, baseline=True)
+    baseline.save(tmp_path / "model.keras")
+    gated = EnergyNet(depth=8)
+    assert common.attach_teacher(gated, RunConfig(model_dir=str(tmp_path / "r"), depth=8)) is None
+    config = RunConfig(model_dir=str(tmp_path / "r"), depth=8, init_from=str(tmp_path), distill_weight=0.5,
+                       distill_temperature=2.0)
+    teacher = common.attach_teacher(gated, config)
+    x = np.random.default_rng(3).normal(size=(2, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(teacher(x).numpy(), baseline(x).numpy())
+    assert gated._teacher[1:] == (0.5, 2.0) and not teacher.trainable

@@ -86,6 +86,8 @@ class Preset:
         max_train_examples: train on the first N training examples (None: all).
         validation_examples: examples held out from the training split.
         mixed_precision: both arms' `--mixed_precision` (float32, bfloat16 or float16).
+        distill_weight, distill_temperature: EnergyNet distilled from the
+            baseline's branch-epoch checkpoint (its own weights; 0: off).
     """
 
     depth: int
@@ -123,6 +125,8 @@ class Preset:
     max_train_examples: int = None
     validation_examples: int = 5000
     mixed_precision: str = "float32"
+    distill_weight: float = 0.0
+    distill_temperature: float = 4.0
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -189,7 +193,9 @@ class Preset:
             [f"--batch_shaping_weight={self.batch_shaping_weight}"] if self.batch_shaping_weight else []) + (
             [f"--energy_warmup_epochs={self.energy_warmup_epochs}"] if self.energy_warmup_epochs else []) + (
             [] if self.phase3_gate_lr_multiplier is None
-             else [f"--phase3_gate_lr_multiplier={self.phase3_gate_lr_multiplier}"])
+             else [f"--phase3_gate_lr_multiplier={self.phase3_gate_lr_multiplier}"]) + (
+            [f"--distill_weight={self.distill_weight}", f"--distill_temperature={self.distill_temperature}"]
+            if self.distill_weight else [])
 
     def _common_flags(self):
         out = [

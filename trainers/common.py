@@ -80,6 +80,8 @@ def define_flags(default_depth, default_batch_size=128):
     flags.DEFINE_boolean("evaluate_test", True, "Evaluate the final model on the test split (searches turn it off: nothing is selected on the test set).")
     flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy: default (one device), mirrored (every local GPU), multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG; run the same command on every worker, with a --model_dir all of them see) or tpu. --batch_size is the global batch; only the chief writes. A run may resume under another strategy.")
     flags.DEFINE_enum("mixed_precision", "float32", ["float32", "bfloat16", "float16"], "The backbone's compute dtype: float32, or Keras' mixed_bfloat16 / mixed_float16 policy (variables, gates, energy and loss stay float32; float16 scales the loss). Recorded in config.json; a run resumes only with the precision it started with.")
+    flags.DEFINE_float("distill_weight", 0.0, "With --init_from: the training loss adds this weight times T^2 KL(teacher || network) at temperature --distill_temperature, the teacher being the --init_from model (the network's own weights at the branch epoch, every block running): no extra data or epochs, one extra forward pass per step. 0: off.")
+    flags.DEFINE_float("distill_temperature", 4.0, "The temperature T of --distill_weight.")
     flags.DEFINE_boolean("check_only", False, "Check the flags, the run directory and the data, then exit 0 without writing anything.")
 
 
@@ -231,6 +233,21 @@ def init_from_baseline(model, path):
         model.get_layer(name).set_weights(source.get_layer(name).get_weights())
 
 
+def attach_teacher(model, config):
+    """With `config.distill_weight` > 0, makes the `--init_from` model `model`'s distillation teacher.
+
+    Returns:
+        The teacher, or None.
+    """
+    if config.distill_weight <= 0:
+        return None
+    import keras
+
+    teacher = keras.saving.load_model(_model_file(config.init_from), compile=False)
+    model.set_teacher(teacher, config.distill_weight, config.distill_temperature)
+    return teacher
+
+
 def run(config, make_model, make_data, top5=False, check_only=False):
     """Builds, trains and evaluates; writes config.json first.
 
@@ -319,6 +336,7 @@ def _run_in(config, write_dir, strategy, make_model, data, top5, resume_dir=None
                 raise UsageError(f"the model: {e}") from None
             if config.init_from:
                 init_from_baseline(model, config.init_from)
+            attach_teacher(model, config)
         os.makedirs(write_dir, exist_ok=True)
         io_utils.atomic_write_json(os.path.join(write_dir, "config.json"), config.to_dict())
         if config.verbose:

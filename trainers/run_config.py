@@ -73,6 +73,9 @@ class RunConfig:
             computes in that dtype (Keras' `mixed_*` policy; variables, gates,
             energy and loss stay float32; float16 scales the loss). Not
             resumable under another value: a run keeps its precision.
+        distill_weight, distill_temperature: > 0: the training loss adds
+            this weight times the tempered KL to the `init_from` model's
+            logits (`EnergyNet.set_teacher`); 0: off.
 
     Raises:
         ValueError: naming the field, what was expected and what was received.
@@ -111,6 +114,8 @@ class RunConfig:
     evaluate_test: bool = True
     strategy: str = "default"
     mixed_precision: str = "float32"
+    distill_weight: float = 0.0
+    distill_temperature: float = 4.0
 
     def __post_init__(self):
         def fail(name, expected):
@@ -155,6 +160,12 @@ class RunConfig:
             fail("strategy", f"one of {STRATEGIES}")
         if self.mixed_precision not in PRECISIONS:
             fail("mixed_precision", f"one of {PRECISIONS}")
+        if not _is_number(self.distill_weight) or self.distill_weight < 0:
+            fail("distill_weight", "a finite number >= 0")
+        if not _is_number(self.distill_temperature) or self.distill_temperature <= 0:
+            fail("distill_temperature", "a finite number > 0")
+        if self.distill_weight > 0 and not self.init_from:
+            fail("distill_weight", "0 without init_from (the teacher is the init_from model)")
         if not isinstance(self.pin_checkpoints, tuple) or any(not _is_int(e) or e < 1 for e in self.pin_checkpoints):
             fail("pin_checkpoints", "a tuple of epochs >= 1")
         if not isinstance(self.removed_blocks, tuple) or any(not _is_int(b) or b < 1 for b in self.removed_blocks):
