@@ -236,6 +236,9 @@ def test_overrides_are_typed():
     distilled = reproduce.parse_overrides(reproduce.PRESETS["cpu"], "distill_weight=0.5,distill_temperature=3")
     assert {"--distill_weight=0.5", "--distill_temperature=3.0"} <= set(distilled.energynet_flags("b.keras"))
     assert not any("distill" in f for f in distilled.baseline_flags() + default.energynet_flags("b.keras"))
+    wide = reproduce.parse_overrides(reproduce.PRESETS["cpu"], "gate_units=32")
+    assert "--gate_units=32" in wide.energynet_flags("b.keras") and not any(
+        "gate_units" in f for f in wide.baseline_flags() + default.energynet_flags("b.keras"))
     with pytest.raises(reproduce.UsageError, match="preset field mixed_precision must be float32, bfloat16 or float16"):
         reproduce.parse_overrides(reproduce.PRESETS["cpu"], "mixed_precision=half")
 
@@ -245,7 +248,7 @@ def test_stored_configurations_without_newer_fields_still_match():
 
     stored = dataclasses.asdict(reproduce.PRESETS["cpu"])
     for added in ("zero_init_residual", "decoupled_weight_decay", "phase3_gate_lr_multiplier", "lr_restarts",
-                  "mixed_precision", "distill_weight", "distill_temperature"):
+                  "mixed_precision", "distill_weight", "distill_temperature", "gate_units"):
         del stored[added]
     assert reproduce._with_defaults(stored) == dataclasses.asdict(reproduce.PRESETS["cpu"])
 

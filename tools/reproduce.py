@@ -88,6 +88,7 @@ class Preset:
         mixed_precision: both arms' `--mixed_precision` (float32, bfloat16 or float16).
         distill_weight, distill_temperature: EnergyNet distilled from the
             baseline's branch-epoch checkpoint (its own weights; 0: off).
+        gate_units: width of EnergyNet's gate projections and LSTM (the paper's 10).
     """
 
     depth: int
@@ -127,6 +128,7 @@ class Preset:
     mixed_precision: str = "float32"
     distill_weight: float = 0.0
     distill_temperature: float = 4.0
+    gate_units: int = 10
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -195,7 +197,7 @@ class Preset:
             [] if self.phase3_gate_lr_multiplier is None
              else [f"--phase3_gate_lr_multiplier={self.phase3_gate_lr_multiplier}"]) + (
             [f"--distill_weight={self.distill_weight}", f"--distill_temperature={self.distill_temperature}"]
-            if self.distill_weight else [])
+            if self.distill_weight else []) + ([f"--gate_units={self.gate_units}"] if self.gate_units != 10 else [])
 
     def _common_flags(self):
         out = [
