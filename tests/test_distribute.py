@@ -304,6 +304,7 @@ def test_a_killed_workers_rerun_resumes_the_job_from_the_chiefs_checkpoint(fake_
             assert resumed[key] == pytest.approx(uninterrupted[key], rel=1e-5), key
 
 
+@pytest.mark.slow  # over 30 s; test_mirrored_strategy_matches_one_device covers the numbers (BUILD.md, "Test")
 def test_mirrored_strategy_trains_like_the_default_one(fake_cifar_dir, tmp_path):
     # On a CPU-only machine MirroredStrategy has one replica: the same run, through the strategy's scope.
     args = [f"--data_dir={fake_cifar_dir}", *TINY_TRAINER]

@@ -143,7 +143,7 @@ def test_per_gate_pattern_and_dense_method_match_keras(tmp_path):
 
 def test_tflite_single_takes_one_image_and_dense_a_resizable_batch(tmp_path):
     images = _random_images(6, seed=4)
-    model = _model("learned", images, depth=14)
+    model = _model("learned", images, depth=8)
     want = _keras(model, images)
     for batched, batch_dim in (("single", 1), ("dense", -1)):
         path = tmp_path / f"{batched}.tflite"

@@ -110,6 +110,7 @@ def test_bench_latency_refuses_bad_flags(tmp_path):
     _assert_usage_error(_tool(f"--keep_models={tmp_path}", module="tools.bench_latency"), "exists; give a new directory")
 
 
+@pytest.mark.slow  # 30 s; test_export.py checks the int8 export itself (BUILD.md, "Test")
 @pytest.mark.integration
 def test_int8_export_reports_accuracy_and_gate_agreement(run_dir, tmp_path):
     if not os.path.isdir(os.path.join(DATA_DIR, "cifar10")):

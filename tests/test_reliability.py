@@ -90,6 +90,7 @@ def _kill_when_written(args, target):
     assert target.exists()
 
 
+@pytest.mark.slow  # 33 s; the kill inside an epoch and the full-disk rerun check exact resumes in CI
 def test_sigkill_at_random_moments_then_resume_gives_the_same_metrics(uninterrupted, fake_data_dir, tmp_path):
     rng = random.Random(1234)
     model_dir = str(tmp_path / "run")
