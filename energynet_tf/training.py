@@ -181,8 +181,15 @@ def _kept_text(checkpoints):
     """'kept the checkpoint at epoch E (+ S steps) (path)', or that there is none yet."""
     kept = checkpoints.latest(read_only=True)
     if kept is None:
-        return "no checkpoint yet (the first epoch starts again)"
+        return "no checkpoint yet (an interrupted first epoch starts again)"
     return f"kept the checkpoint at {checkpoint_position(kept[1])} ({kept[0]})"
+
+
+def _where(position, steps_per_epoch):
+    """'in epoch E at step S/N' from a `callbacks.Position`, or 'before the first step'."""
+    if position.epoch is None:
+        return "before the first step"
+    return f"in epoch {position.epoch + 1} at step {position.step}/{steps_per_epoch}"
 
 
 def checkpoint_position(state):
@@ -469,22 +476,15 @@ def train_and_evaluate(
         # Ctrl-C or SIGTERM: the current step was saved (StopRequest); a
         # second signal stops at once, and the newest checkpoint is whole.
         status = getattr(e, "exit_status", 130)
-        kept = checkpoints.latest()
-        where = (f"in epoch {position.epoch + 1} at step {position.step}/{steps_per_epoch}"
-                 if position.epoch is not None else "before the first step")
-        kept_text = "no checkpoint yet (an interrupted first epoch starts again)"
-        if kept:
-            kept_text = f"kept the checkpoint at {checkpoint_position(kept[1])} ({kept[0]})"
         raise Interrupted(
-            f"interrupted ({'SIGTERM' if status == 143 else 'SIGINT'}) {where}; {kept_text}; "
-            "resume with the same command", status) from None
+            f"interrupted ({'SIGTERM' if status == 143 else 'SIGINT'}) {_where(position, steps_per_epoch)}; "
+            f"{_kept_text(checkpoints)}; resume with the same command", status) from None
     except _DATA_READ_ERRORS:
         damaged = _first_damaged(data, ("train", "validation"))
         if damaged is None:
             raise  # not the data: keep the error as it is
-        where = "before the first step"
+        where = _where(position, steps_per_epoch)
         if position.epoch is not None:
-            where = f"in epoch {position.epoch + 1} at step {position.step}/{steps_per_epoch}"
             # The failed step never ran its update: the model holds `position.step` steps' weights.
             done = (position.epoch, position.step)
             if (not multi_worker and not guard.tripped and 0 < position.step < steps_per_epoch
