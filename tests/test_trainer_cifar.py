@@ -191,6 +191,7 @@ def test_saved_model_loads_in_safe_mode(smoke_run):
     assert isinstance(model, EnergyNet) and model.depth == 8
 
 
+@pytest.mark.slow  # three trainers, 20 s; test_io_utils.py checks DirectoryLock itself (BUILD.md, "Test")
 def test_a_second_trainer_on_a_live_run_directory_stops_naming_the_first(fake_data_dir, tmp_path):
     import signal
     import time
