@@ -229,7 +229,9 @@ def plot_energy_histogram(series, path, title="Energy per test image"):
     colors = ["tab:orange", "tab:purple", "tab:green", "tab:brown"]
     for k, (label, energies) in enumerate(series):
         energies = np.asarray(energies, np.float64)
-        ax.hist(energies, bins=bins, color=colors[k % len(colors)], alpha=0.75,
+        # Later series as outlines: a filled bar at the same energy would hide the first.
+        ax.hist(energies, bins=bins, color=colors[k % len(colors)], alpha=0.75 if k == 0 else 1.0,
+                histtype="stepfilled" if k == 0 else "step", lw=1.0 if k == 0 else 2.0,
                 label=f"{label}: mean {energies.mean():.3f}, std {energies.std():.4f}, "
                       f"{len(energies)} images")
     ax.axvline(1.0, color="tab:blue", ls="--", lw=1.5, label="baseline (every block runs): 1.0")
