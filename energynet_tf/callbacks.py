@@ -98,7 +98,7 @@ class AlphaPhases(keras.callbacks.Callback):
         if hasattr(self.model, "policy_weight"):
             self.model.policy_weight.assign(self.schedule.policy(self.phase))
             self.model.exploration.assign(self.schedule.exploration)
-            self.model.batch_shaping_weight.assign(self.schedule.batch_shaping_weight)
+            self.model.batch_shaping_weight.assign(self.schedule.shaping(self.phase))
         self._set_lr(epoch, self.batch_offset)
 
     def on_train_batch_begin(self, batch, logs=None):

@@ -50,7 +50,9 @@ class PhaseSchedule:
 
     Batch-shaping (Bejnordi et al. 2020): `batch_shaping_weight` weighs the
     loss that matches each gate's probabilities over a batch to a Beta prior,
-    in every gated phase; `energy_warmup_epochs` holds alpha at 0 for the
+    in the phases listed in `batch_shaping_phases` (default every phase; the
+    paper anneals its weight away, so e.g. (1,) makes the gates conditional in
+    phase I and leaves phases II and III to the cross-entropy and the energy); `energy_warmup_epochs` holds alpha at 0 for the
     first epochs of phase I, so the gates first learn to be conditional and
     only then to save energy (the paper adds its sparsity loss after a warm-up).
 
@@ -87,18 +89,20 @@ class PhaseSchedule:
     policy_weight: float = 0.01
     exploration: float = 0.1
     batch_shaping_weight: float = 0.0
+    batch_shaping_phases: tuple = (1, 2, 3)
     energy_warmup_epochs: int = 0
     reinforce_temperature: float = 1.0
 
     def __post_init__(self):
-        phases = self.reinforce_phases
-        if isinstance(phases, list):
-            object.__setattr__(self, "reinforce_phases", tuple(phases))
-        if (not isinstance(self.reinforce_phases, tuple) or len(set(self.reinforce_phases)) != len(self.reinforce_phases)
-                or any(p not in (1, 2, 3) or isinstance(p, bool) for p in self.reinforce_phases)):
-            raise ValueError(f"PhaseSchedule.reinforce_phases must hold distinct phases from 1, 2, 3; "
-                             f"received: {phases!r}")
-        object.__setattr__(self, "reinforce_phases", tuple(sorted(self.reinforce_phases)))
+        for name in ("reinforce_phases", "batch_shaping_phases"):
+            phases = getattr(self, name)
+            if isinstance(phases, list):
+                phases = tuple(phases)
+            if (not isinstance(phases, tuple) or len(set(phases)) != len(phases)
+                    or any(p not in (1, 2, 3) or isinstance(p, bool) for p in phases)):
+                raise ValueError(f"PhaseSchedule.{name} must hold distinct phases from 1, 2, 3; "
+                                 f"received: {getattr(self, name)!r}")
+            object.__setattr__(self, name, tuple(sorted(phases)))
         for name in ("phase1_epochs", "phase2_epochs", "phase3_epochs", "warmup_epochs", "gate_warmup_epochs",
                      "alpha_ramp_epochs", "cosine_epochs", "cosine_start_epoch", "energy_warmup_epochs"):
             value = getattr(self, name)
@@ -150,6 +154,10 @@ class PhaseSchedule:
     def policy(self, phase):
         """The policy loss's weight in `phase`: `policy_weight` in a reinforcement phase, else 0."""
         return self.policy_weight if phase in self.reinforce_phases else 0.0
+
+    def shaping(self, phase):
+        """The batch-shaping loss's weight in `phase`: `batch_shaping_weight` in `batch_shaping_phases`, else 0."""
+        return self.batch_shaping_weight if phase in self.batch_shaping_phases else 0.0
 
     def gate_multiplier(self, phase):
         """The factor on the gates' gradients in `phase` (after any gate warm-up)."""

@@ -152,6 +152,8 @@ def test_constant_schedule_for_baselines():
     ({"batch_shaping_weight": -0.1}, "batch_shaping_weight"),
     ({"energy_warmup_epochs": -1}, "energy_warmup_epochs"),
     ({"reinforce_temperature": 0.0}, "reinforce_temperature"),
+    ({"batch_shaping_phases": (0,)}, "batch_shaping_phases"),
+    ({"batch_shaping_phases": [1, 1]}, "batch_shaping_phases"),
 ])
 def test_bad_schedules(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
@@ -276,6 +278,22 @@ def test_reinforcement_phases_set_the_policy_weight_and_batch_shaping_every_epoc
     assert [w[0] for w in weights] == pytest.approx([0.0, 0.0, 0.02, 0.02, 0.02])
     assert logged == pytest.approx([0.0, 0.0, 0.02, 0.02, 0.02])
     assert all(w[1] == pytest.approx(0.3) and w[2] == 0.5 for w in weights)
+
+
+def test_batch_shaping_applies_only_in_its_phases():
+    cb = callbacks.AlphaPhases(_schedule(phase1_epochs=2, phase2_epochs=1, phase3_epochs=1, batch_shaping_weight=0.5,
+                                         batch_shaping_phases=[1], restore_threshold=0.0),
+                               steps_per_epoch=2, verbose=False)
+    model = _FakeModel()
+    cb.set_model(model)
+    weights = []
+    # Phase II loses accuracy, so phase III runs too.
+    for epoch, accuracy in enumerate([0.8, 0.8, 0.5, 0.7]):
+        cb.on_epoch_begin(epoch)
+        weights.append(float(model.batch_shaping_weight.numpy()))
+        cb.on_epoch_end(epoch, {"val_accuracy": accuracy})
+    assert weights == [0.5, 0.5, 0.0, 0.0]
+    assert cb.schedule.batch_shaping_phases == (1,)
 
 
 def test_energy_warmup_holds_alpha_at_zero_in_the_first_epochs_of_phase1():

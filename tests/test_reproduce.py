@@ -221,6 +221,11 @@ def test_overrides_are_typed():
     assert "--nozero_init_residual" in ablation.baseline_flags()
     assert "--decoupled_weight_decay=0.0001" in ablation.baseline_flags()
     assert "--phase3_gate_lr_multiplier=0.0" in ablation.energynet_flags("b.keras")
+    shaped = reproduce.parse_overrides(reproduce.PRESETS["cpu"], "batch_shaping_weight=0.01,batch_shaping_phases=1")
+    assert {"--batch_shaping_weight=0.01", "--batch_shaping_phases=1"} <= set(shaped.energynet_flags("b.keras"))
+    for bad in ("batch_shaping_phases=4", "batch_shaping_phases=1+1", "batch_shaping_phases="):
+        with pytest.raises(reproduce.UsageError, match="batch_shaping_phases must be distinct phases"):
+            reproduce.parse_overrides(reproduce.PRESETS["cpu"], bad)
     continued = reproduce.parse_overrides(reproduce.PRESETS["cpu"], "lr_restarts=false").energynet_flags("b.keras")
     # EnergyNet continues the baseline's cosine (peak lr, 15 epochs, from epoch 7) instead of restarting it.
     assert {"--lr1=0.1", "--cosine_epochs=15", "--cosine_start_epoch=7"} <= set(continued)

@@ -151,6 +151,7 @@ def test_missing_data_fails_fast_and_writes_nothing(tmp_path):
     ("--baseline --removed_blocks=one", "comma-separated list"),
     ("--reinforce_phases=4", "--reinforce_phases=4"),
     ("--batch_shaping_prior=0.5", "two positive numbers"),
+    ("--batch_shaping_phases=one", "--batch_shaping_phases=one must be a comma-separated list"),
 ])
 def test_bad_flags_exit_2_with_one_line(flag, needle, tmp_path, fake_data_dir):
     model_dir = tmp_path / "m"

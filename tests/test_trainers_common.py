@@ -153,3 +153,18 @@ def test_distill_weight_makes_the_init_from_model_the_teacher(tmp_path):
     x = np.random.default_rng(3).normal(size=(2, 32, 32, 3)).astype("float32")
     np.testing.assert_array_equal(teacher(x).numpy(), baseline(x).numpy())
     assert gated._teacher[1:] == (0.5, 2.0) and not teacher.trainable
+
+
+def test_phase_lists_survive_config_json(tmp_path):
+    from energynet_tf.schedule import PhaseSchedule
+    from trainers.run_config import RunConfig
+
+    config = RunConfig(model_dir=str(tmp_path), schedule=PhaseSchedule(reinforce_phases=(2, 3),
+                                                                        batch_shaping_phases=(1,)))
+    again = RunConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again.schedule.batch_shaping_phases == (1,) and again.schedule.reinforce_phases == (2, 3)
+    assert not again.differences(config)
+    # A config.json written before the field existed is the old behaviour: every phase.
+    old = config.to_dict()
+    del old["schedule"]["batch_shaping_phases"]
+    assert RunConfig.from_dict(old).schedule.batch_shaping_phases == (1, 2, 3)

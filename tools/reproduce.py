@@ -80,6 +80,7 @@ class Preset:
             reinforcement stage's policy-loss weight, exploration and the
             softening of the gates when it begins.
         batch_shaping_weight: the batch-shaping loss's weight (0: off).
+        batch_shaping_phases: the phases it applies in, joined by "+" (e.g. "1").
         energy_warmup_epochs: EnergyNet's first epochs of phase I with alpha 0.
         batch_size: training batch size.
         seed: seed of both arms.
@@ -120,6 +121,7 @@ class Preset:
     exploration: float = 0.1
     reinforce_temperature: float = 1.0
     batch_shaping_weight: float = 0.0
+    batch_shaping_phases: str = "1+2+3"
     energy_warmup_epochs: int = 0
     batch_size: int = 128
     seed: int = 0
@@ -148,11 +150,11 @@ class Preset:
                 if value not in ("expected", "decisions"):
                     raise UsageError(f"preset field energy_term must be 'expected' or 'decisions'; received: {value!r}")
                 continue
-            if f.name == "reinforce_phases":
+            if f.name in ("reinforce_phases", "batch_shaping_phases"):
                 parts = [p for p in str(value).replace("+", ",").split(",") if p.strip()]
                 if not isinstance(value, str) or any(p.strip() not in ("1", "2", "3") for p in parts) \
-                        or len(set(parts)) != len(parts):
-                    raise UsageError(f"preset field reinforce_phases must be distinct phases from 1, 2, 3 joined "
+                        or len(set(parts)) != len(parts) or (f.name == "batch_shaping_phases" and not parts):
+                    raise UsageError(f"preset field {f.name} must be distinct phases from 1, 2, 3 joined "
                                      f"by '+' (e.g. 2+3); received: {value!r}")
                 continue
             if f.type is int and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
@@ -192,7 +194,9 @@ class Preset:
         ] + ([f"--reinforce_phases={self.reinforce_phases.replace('+', ',')}", f"--policy_weight={self.policy_weight}",
               f"--exploration={self.exploration}", f"--reinforce_temperature={self.reinforce_temperature}"]
              if self.reinforce_phases else []) + (
-            [f"--batch_shaping_weight={self.batch_shaping_weight}"] if self.batch_shaping_weight else []) + (
+            [f"--batch_shaping_weight={self.batch_shaping_weight}",
+             f"--batch_shaping_phases={self.batch_shaping_phases.replace('+', ',')}"]
+            if self.batch_shaping_weight else []) + (
             [f"--energy_warmup_epochs={self.energy_warmup_epochs}"] if self.energy_warmup_epochs else []) + (
             [] if self.phase3_gate_lr_multiplier is None
              else [f"--phase3_gate_lr_multiplier={self.phase3_gate_lr_multiplier}"]) + (

@@ -66,6 +66,7 @@ def define_flags(default_depth, default_batch_size=128):
     flags.DEFINE_float("exploration", 0.1, "In --reinforce_phases each decision is sampled from exploration/2 + (1 - exploration) * p, so saturated gates still explore; in [0, 1].")
     flags.DEFINE_float("batch_shaping_weight", 0.0, "Weight of the batch-shaping loss (Bejnordi et al. 2020) that matches each gate's probabilities over a batch to a Beta prior (0: off).")
     flags.DEFINE_list("batch_shaping_prior", ["0.6", "0.4"], "The Beta prior (a, b) of --batch_shaping_weight.")
+    flags.DEFINE_list("batch_shaping_phases", ["1", "2", "3"], "Phases (1, 2, 3) in which --batch_shaping_weight applies (e.g. 1: the gates learn to be conditional in phase I, then the cross-entropy and the energy alone train them).")
     flags.DEFINE_integer("energy_warmup_epochs", 0, "Alpha is held at 0 for the first N epochs of phase I (with batch-shaping: gates learn to be conditional before they learn to save).")
     flags.DEFINE_list("removed_blocks", [], "With --baseline: gated blocks (numbered from 1, as the skip ratios) that the plain network never runs, each replaced by its shortcut: a fixed skip pattern trained from scratch (e.g. the blocks a trained EnergyNet skips for most images). Energies stay relative to the full network.")
     flags.DEFINE_string("init_from", None, "A baseline's model.keras (or run directory) whose weights initialise the backbone.")
@@ -119,6 +120,11 @@ def check_flags(extra_config):
         raise UsageError(f"--reinforce_phases={','.join(FLAGS.reinforce_phases)} must be a comma-separated list of "
                          "phases (1, 2, 3)") from None
     try:
+        shaping_phases = tuple(int(p) for p in FLAGS.batch_shaping_phases)
+    except ValueError:
+        raise UsageError(f"--batch_shaping_phases={','.join(FLAGS.batch_shaping_phases)} must be a comma-separated "
+                         "list of phases (1, 2, 3)") from None
+    try:
         prior = tuple(float(v) for v in FLAGS.batch_shaping_prior)
     except ValueError:
         raise UsageError(f"--batch_shaping_prior={','.join(FLAGS.batch_shaping_prior)} must be two numbers a,b") from None
@@ -134,7 +140,8 @@ def check_flags(extra_config):
         phase_epochs = [phase_epochs[0], 0, 0]
     schedule_fields = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(PhaseSchedule)}
     schedule_fields.update(phase1_epochs=phase_epochs[0], phase2_epochs=phase_epochs[1],
-                           phase3_epochs=phase_epochs[2], reinforce_phases=reinforce_phases)
+                           phase3_epochs=phase_epochs[2], reinforce_phases=reinforce_phases,
+                           batch_shaping_phases=shaping_phases)
     accelerator_fields = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(AcceleratorConfig)}
     top = {f.name: FLAGS[f.name].value for f in dataclasses.fields(RunConfig)
            if f.name in FLAGS and f.name not in ("schedule", "accelerator", "pin_checkpoints", "removed_blocks",

@@ -213,8 +213,9 @@ class RunConfig:
         for name in ("pin_checkpoints", "removed_blocks", "batch_shaping_prior"):
             if name in data:
                 data[name] = tuple(data[name])
-        if "reinforce_phases" in schedule:
-            schedule["reinforce_phases"] = tuple(schedule["reinforce_phases"])
+        for name in ("reinforce_phases", "batch_shaping_phases"):
+            if name in schedule:
+                schedule[name] = tuple(schedule[name])
         return cls(schedule=PhaseSchedule(**schedule), accelerator=AcceleratorConfig(**accelerator), **data)
 
     def differences(self, other):
