@@ -69,7 +69,15 @@ def test_energy_outside_the_front_has_no_gap_and_a_csv_front_is_used_when_no_see
     assert "n/a" in ablation.markdown(result, "cmd")
 
 
-def test_bad_arms_are_refused():
+def test_bad_arms_are_refused(tmp_path):
+    broken = tmp_path / "broken" / "seed-0"
+    broken.mkdir(parents=True)
+    (broken / "results.json").write_text("{not json")
+    with pytest.raises(ablation.UsageError, match="results.json is not a reproduction's results"):
+        ablation.load_arm(str(tmp_path / "broken"))
+    (tmp_path / "front.csv").write_text("depth,accuracy\n8,0.5\n")
+    with pytest.raises(ablation.UsageError, match="is not a tools.static_front CSV"):
+        ablation.read_static_csv(str(tmp_path / "front.csv"))
     with pytest.raises(ablation.UsageError, match="not label=directory"):
         ablation.parse_arms(["current"])
     with pytest.raises(ablation.UsageError, match="appears twice"):
