@@ -72,20 +72,20 @@ def parse_arms(items):
     return arms
 
 
-def load_arm(directory):
-    """`{seed: results}` of one `tools.reproduce` output.
+def load_arm(directory, flag="--arms"):
+    """`{seed: results}` of one `tools.reproduce` output (`flag` names the flag in errors).
 
     Raises:
         UsageError: for a directory with neither `seed-<N>/results.json` nor `results.json`, or an unreadable file.
     """
     if not os.path.isdir(directory):
-        raise UsageError(f"--arms: {directory} is not a directory")
+        raise UsageError(f"{flag}: {directory} is not a directory")
     paths = [os.path.join(directory, name, "results.json") for name in sorted(os.listdir(directory))
              if name.startswith("seed-") and os.path.exists(os.path.join(directory, name, "results.json"))]
     if not paths and os.path.exists(os.path.join(directory, "results.json")):
         paths = [os.path.join(directory, "results.json")]
     if not paths:
-        raise UsageError(f"--arms: {directory} holds no finished reproduction (no results.json, "
+        raise UsageError(f"{flag}: {directory} holds no finished reproduction (no results.json, "
                          "no seed-<N>/results.json)")
     out = {}
     for path in paths:
@@ -95,7 +95,7 @@ def load_arm(directory):
             seed = int(results["config"]["seed"])
             results["energynet"]["test_accuracy"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UsageError(f"--arms: {path} is not a reproduction's results ({e})") from None
+            raise UsageError(f"{flag}: {path} is not a reproduction's results ({e})") from None
         out[seed] = results
     return out
 
