@@ -53,22 +53,27 @@ def _define_flags():
                                             "static front (optional).")
 
 
-def parse_arms(items):
+def parse_arms(items, flag="--arms", name="label", unique=True):
     """`[(label, directory)]` from `label=directory` items.
 
+    Args:
+        items: the flag's list.
+        flag, name: the flag and what its labels are, for the errors.
+        unique: refuse a label given twice.
+
     Raises:
-        UsageError: for an item that is not label=directory, a repeated label, or fewer than one arm.
+        UsageError: for an item that is not label=directory, a repeated label (`unique`), or no items.
     """
     arms = []
     for item in items:
         label, sep, directory = item.partition("=")
         if not sep or not label.strip() or not directory.strip():
-            raise UsageError(f"--arms: {item!r} is not label=directory")
-        if label.strip() in [a for a, _ in arms]:
-            raise UsageError(f"--arms: the label {label.strip()!r} appears twice")
+            raise UsageError(f"{flag}: {item!r} is not {name}=directory")
+        if unique and label.strip() in [a for a, _ in arms]:
+            raise UsageError(f"{flag}: the {name} {label.strip()!r} appears twice")
         arms.append((label.strip(), directory.strip()))
     if not arms:
-        raise UsageError("--arms is required: label=directory,... of tools.reproduce outputs")
+        raise UsageError(f"{flag} is required: {name}=directory,... of tools.reproduce outputs")
     return arms
 
 

@@ -39,15 +39,7 @@ def parse_runs(items):
     Raises:
         UsageError: for an item that is not recipe=directory, or no items.
     """
-    out = []
-    for item in items:
-        recipe, sep, directory = item.partition("=")
-        if not sep or not recipe.strip() or not directory.strip():
-            raise UsageError(f"--runs: {item!r} is not recipe=directory")
-        out.append((recipe.strip(), directory.strip()))
-    if not out:
-        raise UsageError("--runs is required: recipe=directory,... of tools.reproduce outputs")
-    return out
+    return ablation.parse_arms(items, "--runs", "recipe", unique=False)
 
 
 def trend(loaded):
