@@ -32,6 +32,22 @@ def test_one_line_per_recipe_budgets_ascending_means_over_seeds():
     assert "| preset | 30 | 0,1 | +1.50 | -0.20 | 50.0% |" in text
 
 
+def test_a_run_without_plain_networks_uses_the_front_of_its_budget_and_seed():
+    with_front = _results(0, 15, 2.2, -0.84)
+    with_front["static_front"] = [{"energy": 0.3, "test_accuracy": 0.80}, {"energy": 0.5, "test_accuracy": 0.86}]
+    reused = _results(0, 15, 1.0, None)
+    del reused["static_gap_points"]
+    reused["energynet"]["normalised_energy"] = 0.45
+    other_seed = _results(1, 15, 1.0, None)
+    del other_seed["static_gap_points"]
+    result = budget_trend.trend([("preset", {0: with_front}), ("rl", {0: reused, 1: other_seed})])
+    # The front at 0.45 of the energy: 0.80 + 0.75 * 0.06 = 0.845; the run has 0.89.
+    assert result["rl"][0]["static_gap_points"][0] == pytest.approx(4.5)
+    # No run of seed 1 holds plain networks: no gap rather than another seed's.
+    assert result["rl"][0]["static_gap_points"][1] is None
+    assert result["preset"][0]["static_gap_points"] == [-0.84]
+
+
 def test_two_reproductions_of_one_budget_for_one_recipe_are_refused():
     loaded = [("preset", {0: _results(0, 15, 2.3, -0.84)}), ("preset", {1: _results(1, 15, 2.0, -0.5)})]
     with pytest.raises(budget_trend.UsageError, match="two reproductions of 15 epochs"):

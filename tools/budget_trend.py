@@ -5,7 +5,11 @@
 
 Each `--runs` item is `recipe=directory`, a `tools.reproduce --out` (run with
 `--static_depths`, so its `results.json` holds `static_gap_points`; with
-`--seeds`, every `seed-<N>/results.json` counts). Items with the same recipe
+`--seeds`, every `seed-<N>/results.json` counts). A run without plain
+networks of its own (say `--reuse_baseline` of another recipe's run) is
+measured against the front of a run of the same budget and seed in the list
+(the plain networks depend only on the baseline's budget, depth and seed).
+Items with the same recipe
 are one line; the budget of each point is its preset's `epochs`. Writes
 `O/budget_trend.json`, `O/budget_trend.md` and `O/budget_trend.png` (the
 accuracy drop against the baseline and the static gap, in points, against
@@ -54,6 +58,19 @@ def trend(loaded):
     Raises:
         UsageError: when one recipe has two directories of the same budget.
     """
+    fronts = {}
+    for _, by_seed in loaded:
+        for results in by_seed.values():
+            front = ablation._front_of(results)
+            if front:
+                fronts.setdefault((int(results["config"]["epochs"]), int(results["config"]["seed"])), front)
+
+    def gap(results):
+        if "static_front" in results or (results.get("static_gap_points") is not None):
+            return results.get("static_gap_points")
+        front = fronts.get((int(results["config"]["epochs"]), int(results["config"]["seed"])))
+        return None if front is None else ablation.row(results, front, None)["static_gap_points"]
+
     out = {}
     for recipe, by_seed in loaded:
         epochs = {int(r["config"]["epochs"]) for r in by_seed.values()}
@@ -63,7 +80,7 @@ def trend(loaded):
             if any(p["epochs"] == budget for p in points):
                 raise UsageError(f"--runs: recipe {recipe!r} has two reproductions of {budget} epochs")
             drops = [float(r["accuracy_drop_points"]) for r in rows]
-            gaps = [r.get("static_gap_points") for r in rows]
+            gaps = [gap(r) for r in rows]
             points.append({
                 "epochs": budget,
                 "seeds": sorted(int(r["config"]["seed"]) for r in rows),
