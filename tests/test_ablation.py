@@ -69,6 +69,16 @@ def test_energy_outside_the_front_has_no_gap_and_a_csv_front_is_used_when_no_see
     assert "n/a" in ablation.markdown(result, "cmd")
 
 
+def test_a_mean_over_fewer_seeds_than_the_arm_has_says_how_many():
+    current = {0: _results(0, 0.55, 0.5), 1: _results(1, 0.57, 0.5)}
+    # Seed 1 spends less than the cheapest plain network: no gap for it.
+    lever = {0: _results(0, 0.58, 0.5, front=False), 1: _results(1, 0.40, 0.9, front=False)}
+    text = ablation.markdown(ablation.build([("current", current), ("lever", lever)]), "cmd")
+    row = next(line for line in text.splitlines() if line.startswith("| lever | 2 |"))
+    assert "| 3.00 (1 of 2 seeds) |" in row
+    assert "| 1.00 ± 1.41 |" in next(line for line in text.splitlines() if line.startswith("| current | 2 |"))
+
+
 def test_bad_arms_are_refused(tmp_path):
     broken = tmp_path / "broken" / "seed-0"
     broken.mkdir(parents=True)

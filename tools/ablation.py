@@ -207,11 +207,13 @@ def build(arms, static_csv_front=None):
     return {"arms": out, "fronts": {str(k): v for k, v in fronts.items()}}
 
 
-def _cell(s, scale, unit, digits=2):
+def _cell(s, scale, unit, digits=2, seeds=None):
     if s["mean"] is None:
         return "n/a"
     text = f"{scale * s['mean']:.{digits}f}{unit}"
-    return text + (f" ± {scale * s['std']:.{digits}f}" if s["std"] is not None else "")
+    text += f" ± {scale * s['std']:.{digits}f}" if s["std"] is not None else ""
+    # A mean over fewer seeds than the arm has (the others outside the front) must say so.
+    return text + (f" ({s['n']} of {seeds} seeds)" if seeds is not None and s["n"] < seeds else "")
 
 
 def markdown(ablation, command):
@@ -226,12 +228,13 @@ def markdown(ablation, command):
              "|---|---|" + "---|" * (len(QUANTITIES) + 2)]
     for arm in ablation["arms"]:
         s = arm["summary"]
+        seeds = len(arm["rows"])
         cells = [_cell(s[key], scale, unit, 4 if key == "per_image_energy_std" else
-                       (1 if key in ("selective_blocks", "distinct_paths") else 2))
+                       (1 if key in ("selective_blocks", "distinct_paths") else 2), seeds)
                  for key, _, scale, unit in QUANTITIES]
         versus = arm["versus_reference"]
-        cells += ["-", "-"] if versus is None else [_cell(versus["accuracy_points"], 1.0, ""),
-                                                    _cell(versus["gap_points"], 1.0, "")]
+        cells += ["-", "-"] if versus is None else [_cell(versus["accuracy_points"], 1.0, "", seeds=seeds),
+                                                    _cell(versus["gap_points"], 1.0, "", seeds=seeds)]
         lines.append(f"| {arm['label']} | {len(arm['rows'])} | " + " | ".join(cells) + " |")
     lines += ["", "| arm | seed | test accuracy | energy savings | static gap | selective | paths | "
                   "per-image std | baseline | skip ratio per gated block |", "|---|---|---|---|---|---|---|---|---|---|"]
