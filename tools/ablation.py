@@ -273,8 +273,8 @@ def plot(ablation, path):
         ax.errorbar(100 * s["energy_savings"]["mean"], 100 * s["test_accuracy"]["mean"],
                     xerr=None if s["energy_savings"]["std"] is None else 100 * s["energy_savings"]["std"],
                     yerr=None if s["test_accuracy"]["std"] is None else 100 * s["test_accuracy"]["std"],
-                    color=color, marker="*", ms=12, capsize=3, label=f"{arm['label']} (mean ± std, {len(xs)} seeds)" if len(xs) > 1
-                    else f"{arm['label']} (1 seed)")
+                    color=color, marker="*", ms=12, capsize=3,
+                    label=f"{arm['label']} (mean ± std, {len(xs)} seeds)" if len(xs) > 1 else f"{arm['label']} (1 seed)")
     ax.set_xlabel("energy savings, gates charged (%)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
