@@ -193,6 +193,85 @@ def evaluate(model, dataset, threshold=DEFAULT_THRESHOLD, max_examples=None):
     return summary, arrays
 
 
+def shuffle_control(model, dataset, arrays, rounds=5, seed=0, progress=None):
+    """Accuracy when every image runs another image's path: what the per-image choice is worth.
+
+    Each round deals the images' decision vectors (`collect`'s, at one
+    threshold) out again in a random permutation and runs the network with
+    those decisions (`gate_override`). The paths, how often each is taken and
+    the mean energy stay exactly the same; only which image gets which path
+    changes. The learned assignment's accuracy minus the shuffled one is what
+    the gates' choice per image is worth; it is 0 for a static pattern (every
+    permutation deals the same path) and near 0 for gates that are
+    conditional but choose no better than a coin of the same skip ratios.
+
+    Args:
+        model: a gated `EnergyNet`.
+        dataset: the batches `arrays` was collected from, in the same order
+            (an evaluation split; a shuffled dataset is refused).
+        arrays: `collect(model, dataset, ...)`'s dict.
+        rounds: permutations to average over (>= 1).
+        seed: seed of the permutations.
+        progress: None or `progress(k, rounds, accuracy)` after each round.
+
+    Returns:
+        A dict: `accuracy` (the learned assignment), `shuffled_accuracy`
+        (one per round), `shuffled_mean`, `shuffled_std`,
+        `decision_value_points` (100 x (accuracy - shuffled_mean)),
+        `rounds`, `seed`, `examples`.
+
+    Raises:
+        ValueError: for a model without gates, `rounds` < 1, or a dataset
+            whose labels do not come back in `arrays`' order.
+    """
+    import tensorflow as tf
+
+    if getattr(model, "baseline", False) or not getattr(model, "num_gates", 0):
+        raise ValueError("Argument `model` must have gates (num_gates > 0) for the shuffle control; received a "
+                         "network without gates")
+    if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
+        raise ValueError(f"Argument `rounds` must be a positive integer; received: {rounds!r}")
+    labels, decisions = arrays["labels"], arrays["decisions"].astype(np.float32)
+    n = len(labels)
+    accuracy = float((arrays["predictions"] == labels).mean())
+
+    @tf.function(reduce_retracing=True, autograph=False)
+    def step(x, override):
+        return tf.argmax(model.forward(x, training=False, gate_override=override)["logits"], axis=-1)
+
+    rng = np.random.default_rng(seed)
+    shuffled = []
+    for k in range(rounds):
+        dealt = decisions[rng.permutation(n)]
+        correct, seen = 0, 0
+        for x, y in dataset:
+            y = np.asarray(y).reshape(-1)[: n - seen]
+            if not np.array_equal(y, labels[seen:seen + len(y)]):
+                raise ValueError("Argument `dataset` must yield the images of `arrays` in the same order (an "
+                                 f"unshuffled evaluation split); the labels differ from image {seen} on")
+            x = x[: len(y)]
+            correct += int((np.asarray(step(x, tf.constant(dealt[seen:seen + len(y)]))) == y).sum())
+            seen += len(y)
+            if seen >= n:
+                break
+        if seen != n:
+            raise ValueError(f"Argument `dataset` must hold the {n} images of `arrays`; it ended after {seen}")
+        shuffled.append(correct / n)
+        if progress is not None:
+            progress(k + 1, rounds, shuffled[-1])
+    mean = float(np.mean(shuffled))
+    return {
+        "accuracy": accuracy,
+        "shuffled_accuracy": [float(a) for a in shuffled],
+        "shuffled_mean": mean,
+        "shuffled_std": float(np.std(shuffled)),
+        "decision_value_points": 100.0 * (accuracy - mean),
+        "rounds": int(rounds),
+        "seed": int(seed),
+        "examples": int(n),
+    }
+
+
 def default_thresholds():
     """0.05, 0.10, ..., 0.95."""
     return [round(0.05 * k, 2) for k in range(1, 20)]

@@ -20,7 +20,7 @@ def trained(fake_cifar_dir, tmp_path_factory):
 def test_test_split_at_half_reproduces_the_runs_metrics(trained, tmp_path):
     out = tmp_path / "e.json"
     result = run_module("tools.evaluate", f"--model_dir={trained}", "--split=test", f"--out={out}",
-                        f"--per_image={tmp_path / 'p.npz'}")
+                        f"--per_image={tmp_path / 'p.npz'}", "--shuffle_control=2")
     assert result.returncode == 0, result.stderr[-2000:]
     got = json.loads(out.read_text())
     metrics = json.loads(open(os.path.join(trained, "metrics.json")).read())
@@ -34,6 +34,12 @@ def test_test_split_at_half_reproduces_the_runs_metrics(trained, tmp_path):
     arrays = np.load(tmp_path / "p.npz")
     assert arrays["decisions"].shape == (got["examples"], 2)
     assert "threshold_sweep" not in got
+    control = got["shuffle_control"]
+    assert control["rounds"] == 2 and len(control["shuffled_accuracy"]) == 2
+    assert control["accuracy"] == pytest.approx(got["accuracy"])
+    assert control["decision_value_points"] == pytest.approx(100 * (got["accuracy"] - control["shuffled_mean"]))
+    assert "[evaluate] shuffled paths, permutation 2/2" in result.stdout
+    assert "per-image choice worth" in result.stdout
 
 
 def test_sweep_on_the_validation_split(trained, tmp_path):
@@ -57,6 +63,7 @@ def test_sweep_on_the_validation_split(trained, tmp_path):
     (["--thresholds=0.2"], "--thresholds needs --sweep"),
     (["--sweep", "--thresholds=0.2,x"], "not a number"),
     (["--sweep", "--thresholds=0"], "not in (0, 1)"),
+    (["--shuffle_control=-1"], "--shuffle_control=-1 must be >= 0"),
 ])
 def test_bad_flags_get_one_line(args, needle, trained, tmp_path):
     if args and not args[0].startswith("--model_dir"):

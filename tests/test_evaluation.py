@@ -120,3 +120,56 @@ def test_evaluate_of_a_baseline_with_removed_blocks():
     kept = table.fixed_energy + sum(e for i, e in enumerate(table.block_energy) if i not in (1, 3))
     assert summary["per_image_energy"]["mean"] == pytest.approx(kept / table.total_energy, rel=1e-6)
     assert summary["energy_savings"] == pytest.approx(1 - kept / table.total_energy, rel=1e-5)
+
+
+def test_shuffle_control_runs_each_image_on_the_path_the_permutation_deals_it():
+    model = _programmed_model()
+    data = _dataset(48)
+    x = np.concatenate([b for b, _ in data])
+    # At the median of gate 1's probabilities, half the images run block 1 and half skip it.
+    threshold = float(np.median(np.asarray(model.forward(x)["probabilities"])[:, 0]))
+    arrays = evaluation.collect(model, data, threshold=threshold)
+    assert len(np.unique(arrays["decisions"], axis=0)) > 1
+    seen = []
+    control = evaluation.shuffle_control(model, data, arrays, rounds=3, seed=7,
+                                         progress=lambda k, n, a: seen.append((k, n)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    rng = np.random.default_rng(7)
+    expected = []
+    for _ in range(3):
+        dealt = arrays["decisions"][rng.permutation(48)].astype("float32")
+        logits = model.forward(x, gate_override=dealt)["logits"]
+        expected.append(float((np.argmax(np.asarray(logits), -1) == arrays["labels"]).mean()))
+    assert control["shuffled_accuracy"] == pytest.approx(expected)
+    assert control["accuracy"] == pytest.approx((arrays["predictions"] == arrays["labels"]).mean())
+    assert control["decision_value_points"] == pytest.approx(100 * (control["accuracy"] - np.mean(expected)))
+    assert control["examples"] == 48 and control["rounds"] == 3
+
+
+def test_shuffle_control_of_a_static_pattern_is_worth_nothing():
+    model = _programmed_model()
+    data = _dataset(24)
+    arrays = evaluation.collect(model, data)
+    arrays["decisions"][:] = [1, 0]
+    x = np.concatenate([b for b, _ in data])
+    arrays["predictions"] = np.argmax(np.asarray(model.forward(x, gate_override=[1.0, 0.0])["logits"]), -1)
+    control = evaluation.shuffle_control(model, data, arrays, rounds=2)
+    assert control["decision_value_points"] == 0.0 and control["shuffled_std"] == 0.0
+
+
+def test_shuffle_control_refuses_a_dataset_in_another_order_and_bad_arguments():
+    model = _programmed_model()
+    data = _dataset(24)
+    arrays = evaluation.collect(model, data)
+    reordered = data.unbatch().skip(1).concatenate(data.unbatch().take(1)).batch(8)
+    with pytest.raises(ValueError, match="same order"):
+        evaluation.shuffle_control(model, reordered, arrays, rounds=1)
+    with pytest.raises(ValueError, match="ended after 16"):
+        evaluation.shuffle_control(model, data.take(2), arrays, rounds=1)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="`rounds`"):
+            evaluation.shuffle_control(model, data, arrays, rounds=bad)
+    with pytest.raises(ValueError, match="must have gates"):
+        evaluation.shuffle_control(EnergyNet(depth=8, baseline=True), data, arrays, rounds=1)
+    with pytest.raises(ValueError, match="must have gates"):
+        evaluation.shuffle_control(EnergyNet(depth=8, baseline=True, removed_blocks=[2]), data, arrays, rounds=1)

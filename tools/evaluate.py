@@ -9,7 +9,10 @@ training). A lower threshold runs more blocks: more accuracy for more energy.
 The tool reports accuracy, energy savings (gates charged) and what the gates
 chose image by image (`per_image_energy`, `distinct_paths`,
 `selective_blocks`, `savings_by_class`, `gate_logits`), and with `--sweep`
-the curve of operating points. Choose a threshold on the validation split
+the curve of operating points. `--shuffle_control=N` also runs every image
+on another image's path (N random permutations of the decisions: the same
+paths, the same energy) and reports what the gates' choice per image is worth
+in accuracy points (0 for a static pattern). Choose a threshold on the validation split
 (`--split=validation`, the default), never on the test split; then export it
 with `python -m tools.export --threshold=T`.
 
@@ -39,6 +42,7 @@ def _define_flags():
     flags.DEFINE_boolean("sweep", False, "Also sweep the threshold over --thresholds (accuracy and energy savings at each).")
     flags.DEFINE_list("thresholds", [], "Thresholds of --sweep (default 0.05, 0.10, ..., 0.95).")
     flags.DEFINE_integer("max_examples", None, "Use only the first N images of the split.")
+    flags.DEFINE_integer("shuffle_control", 0, "Also run every image on another image's path, in this many random permutations (0: no): the accuracy the gates' choice per image is worth, at the same paths and energy.")
     flags.DEFINE_string("out", None, "Write the results as JSON here (default: print only).")
     flags.DEFINE_string("per_image", None, "Write the per-image arrays at --threshold (labels, predictions, decisions, gate_logits, energy) to this .npz.")
 
@@ -140,6 +144,22 @@ def sweep(model, dataset, thresholds=None, max_examples=None, verbose=True):
     return evaluation.threshold_sweep(model, dataset, thresholds, max_examples, progress=progress)
 
 
+def shuffle(model, dataset, arrays, rounds, verbose=True):
+    """`evaluation.shuffle_control` with a progress line per permutation and a summary line."""
+    from energynet_tf import evaluation
+
+    def progress(k, n, accuracy):
+        if verbose:
+            print(f"[evaluate] shuffled paths, permutation {k}/{n}: accuracy {100 * accuracy:.2f}%", flush=True)
+
+    control = evaluation.shuffle_control(model, dataset, arrays, rounds, progress=progress)
+    if verbose:
+        print(f"[evaluate] per-image choice worth {control['decision_value_points']:+.2f} points: learned paths "
+              f"{100 * control['accuracy']:.2f}%, the same paths dealt at random {100 * control['shuffled_mean']:.2f}% "
+              f"(std {100 * control['shuffled_std']:.2f} over {rounds})", flush=True)
+    return control
+
+
 def main():
     from energynet_tf import evaluation
     from energynet_tf import io_utils
@@ -150,10 +170,14 @@ def main():
         raise UsageError(f"--threshold={FLAGS.threshold} must be in (0, 1)")
     if FLAGS.max_examples is not None and FLAGS.max_examples < 1:
         raise UsageError(f"--max_examples={FLAGS.max_examples} must be a positive integer")
+    if FLAGS.shuffle_control < 0:
+        raise UsageError(f"--shuffle_control={FLAGS.shuffle_control} must be >= 0 (permutations; 0: none)")
     thresholds = parse_thresholds(FLAGS.thresholds)
     if thresholds is not None and not FLAGS.sweep:
         raise UsageError("--thresholds needs --sweep")
     model, dataset, model_file = load(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split)
+    if FLAGS.shuffle_control and not model.num_gates:
+        raise UsageError(f"--shuffle_control: {model_file} has no gates, so there is no per-image choice to shuffle")
     print(f"[evaluate] {model_file} on the {FLAGS.split} split at threshold {FLAGS.threshold}", flush=True)
     summary, arrays = evaluation.evaluate(model, dataset, FLAGS.threshold, FLAGS.max_examples)
     result = {"model_file": os.path.abspath(model_file), "split": FLAGS.split, **summary}
@@ -162,6 +186,8 @@ def main():
           f"{100 * summary['energy_savings']:.2f}%; per-image energy mean {e['mean']:.4f}, std {e['std']:.4f} "
           f"(p10 {e['p10']:.4f}, p90 {e['p90']:.4f}); {summary['distinct_paths']} distinct paths; selective "
           f"blocks: {summary['selective_blocks'] or 'none'}", flush=True)
+    if FLAGS.shuffle_control:
+        result["shuffle_control"] = shuffle(model, dataset, arrays, FLAGS.shuffle_control)
     if FLAGS.sweep:
         result["threshold_sweep"] = sweep(model, dataset, thresholds, FLAGS.max_examples)
     if FLAGS.per_image:
