@@ -223,6 +223,12 @@ def test_overrides_are_typed():
     assert "--phase3_gate_lr_multiplier=0.0" in ablation.energynet_flags("b.keras")
     shaped = reproduce.parse_overrides(reproduce.PRESETS["cpu"], "batch_shaping_weight=0.01,batch_shaping_phases=1")
     assert {"--batch_shaping_weight=0.01", "--batch_shaping_phases=1"} <= set(shaped.energynet_flags("b.keras"))
+    assert not any("prior" in f for f in shaped.energynet_flags("b.keras"))
+    skewed = reproduce.parse_overrides(shaped, "batch_shaping_prior=0.8+0.2")
+    assert "--batch_shaping_prior=0.8,0.2" in skewed.energynet_flags("b.keras")
+    for bad in ("0.8", "0.8+0", "a+b", "1+2+3", "-1+2"):
+        with pytest.raises(reproduce.UsageError, match="batch_shaping_prior must be two positive numbers a\\+b"):
+            reproduce.parse_overrides(shaped, f"batch_shaping_prior={bad}")
     for bad in ("batch_shaping_phases=4", "batch_shaping_phases=1+1", "batch_shaping_phases="):
         with pytest.raises(reproduce.UsageError, match="batch_shaping_phases must be distinct phases"):
             reproduce.parse_overrides(reproduce.PRESETS["cpu"], bad)
@@ -253,7 +259,7 @@ def test_stored_configurations_without_newer_fields_still_match():
 
     stored = dataclasses.asdict(reproduce.PRESETS["cpu"])
     for added in ("zero_init_residual", "decoupled_weight_decay", "phase3_gate_lr_multiplier", "lr_restarts",
-                  "mixed_precision", "distill_weight", "distill_temperature", "gate_units"):
+                  "mixed_precision", "distill_weight", "distill_temperature", "gate_units", "batch_shaping_prior"):
         del stored[added]
     assert reproduce._with_defaults(stored) == dataclasses.asdict(reproduce.PRESETS["cpu"])
 

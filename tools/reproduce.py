@@ -81,6 +81,9 @@ class Preset:
             softening of the gates when it begins.
         batch_shaping_weight: the batch-shaping loss's weight (0: off).
         batch_shaping_phases: the phases it applies in, joined by "+" (e.g. "1").
+        batch_shaping_prior: its Beta prior "a+b" (the gates' probabilities
+            over a batch are matched to Beta(a, b); mean a / (a + b) is the
+            share of images that run each block).
         energy_warmup_epochs: EnergyNet's first epochs of phase I with alpha 0.
         batch_size: training batch size.
         seed: seed of both arms.
@@ -122,6 +125,7 @@ class Preset:
     reinforce_temperature: float = 1.0
     batch_shaping_weight: float = 0.0
     batch_shaping_phases: str = "1+2+3"
+    batch_shaping_prior: str = "0.6+0.4"
     energy_warmup_epochs: int = 0
     batch_size: int = 128
     seed: int = 0
@@ -149,6 +153,16 @@ class Preset:
             if f.name == "energy_term":
                 if value not in ("expected", "decisions"):
                     raise UsageError(f"preset field energy_term must be 'expected' or 'decisions'; received: {value!r}")
+                continue
+            if f.name == "batch_shaping_prior":
+                try:
+                    a, b = (float(v) for v in str(value).split("+"))
+                    ok = isinstance(value, str) and a > 0 and b > 0
+                except ValueError:
+                    ok = False
+                if not ok:
+                    raise UsageError(f"preset field batch_shaping_prior must be two positive numbers a+b of the "
+                                     f"Beta prior (e.g. 0.6+0.4); received: {value!r}")
                 continue
             if f.name in ("reinforce_phases", "batch_shaping_phases"):
                 parts = [p for p in str(value).replace("+", ",").split(",") if p.strip()]
@@ -196,6 +210,8 @@ class Preset:
              if self.reinforce_phases else []) + (
             [f"--batch_shaping_weight={self.batch_shaping_weight}",
              f"--batch_shaping_phases={self.batch_shaping_phases.replace('+', ',')}"]
+            + ([f"--batch_shaping_prior={self.batch_shaping_prior.replace('+', ',')}"]
+               if self.batch_shaping_prior != "0.6+0.4" else [])
             if self.batch_shaping_weight else []) + (
             [f"--energy_warmup_epochs={self.energy_warmup_epochs}"] if self.energy_warmup_epochs else []) + (
             [] if self.phase3_gate_lr_multiplier is None
