@@ -265,23 +265,25 @@ def plot(ablation, path):
                 label="plain ResNets (static front), per seed" if seed == min(ablation["fronts"]) else None)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, arm in enumerate(ablation["arms"]):
-        color = colors[k % len(colors)]
+        # Past the colour cycle, another marker: no two arms look alike.
+        color, marker = colors[k % len(colors)], ("*", "s", "^", "P")[(k // len(colors)) % 4]
         xs = [100 * r["energy_savings"] for r in arm["rows"]]
         ys = [100 * r["test_accuracy"] for r in arm["rows"]]
-        ax.scatter(xs, ys, color=color, alpha=0.5, s=25)
+        ax.scatter(xs, ys, color=color, alpha=0.5, s=25, marker="o" if marker == "*" else marker)
         s = arm["summary"]
         ax.errorbar(100 * s["energy_savings"]["mean"], 100 * s["test_accuracy"]["mean"],
                     xerr=None if s["energy_savings"]["std"] is None else 100 * s["energy_savings"]["std"],
                     yerr=None if s["test_accuracy"]["std"] is None else 100 * s["test_accuracy"]["std"],
-                    color=color, marker="*", ms=12, capsize=3,
+                    color=color, marker=marker, ms=12 if marker == "*" else 8, capsize=3,
                     label=f"{arm['label']} (mean ± std, {len(xs)} seeds)" if len(xs) > 1 else f"{arm['label']} (1 seed)")
     ax.set_xlabel("energy savings, gates charged (%)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    # Beside the axes: with many arms a legend inside would cover their seeds.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_title("Ablation: every arm's seeds against the plain networks of the same budget", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
 
 
