@@ -78,3 +78,23 @@ def test_a_keras_file_needs_data(trained, tmp_path):
     result = run_module("tools.evaluate", f"--model_dir={os.path.join(trained, 'model.keras')}")
     assert result.returncode == 2
     assert "--data_dir is required" in error_lines(result)[0]
+
+
+def test_shuffle_control_of_a_network_without_gates_gets_one_line(trained, tmp_path):
+    import shutil
+
+    import keras
+
+    from energynet_tf.model import EnergyNet
+
+    # The trained run's config (its data and split) with a baseline network in place of its model.
+    run = tmp_path / "baseline_run"
+    run.mkdir()
+    shutil.copy(os.path.join(trained, "config.json"), run / "config.json")
+    model = EnergyNet(depth=8, baseline=True)
+    model(keras.ops.zeros((1, 32, 32, 3)))
+    model.save(run / "model.keras")
+    result = run_module("tools.evaluate", f"--model_dir={run}", "--shuffle_control=2", f"--out={tmp_path / 'e.json'}")
+    assert result.returncode == 2, result.stderr[-1500:]
+    assert len(error_lines(result)) == 1 and "has no gates" in error_lines(result)[0]
+    assert not (tmp_path / "e.json").exists()
