@@ -193,6 +193,11 @@ def evaluate(model, dataset, threshold=DEFAULT_THRESHOLD, max_examples=None):
     return summary, arrays
 
 
+def has_gates(model):
+    """Whether `model` decides per image: a gated EnergyNet (a baseline has gate slots, no gates)."""
+    return not getattr(model, "baseline", False) and bool(getattr(model, "num_gates", 0))
+
+
 def shuffle_control(model, dataset, arrays, rounds=5, seed=0, progress=None):
     """Accuracy when every image runs another image's path: what the per-image choice is worth.
 
@@ -226,7 +231,7 @@ def shuffle_control(model, dataset, arrays, rounds=5, seed=0, progress=None):
     """
     import tensorflow as tf
 
-    if getattr(model, "baseline", False) or not getattr(model, "num_gates", 0):
+    if not has_gates(model):
         raise ValueError("Argument `model` must have gates (num_gates > 0) for the shuffle control; received a "
                          "network without gates")
     if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:

@@ -176,7 +176,7 @@ def main():
     if thresholds is not None and not FLAGS.sweep:
         raise UsageError("--thresholds needs --sweep")
     model, dataset, model_file = load(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split)
-    if FLAGS.shuffle_control and (getattr(model, "baseline", False) or not model.num_gates):
+    if FLAGS.shuffle_control and not evaluation.has_gates(model):
         raise UsageError(f"--shuffle_control: {model_file} has no gates, so there is no per-image choice to shuffle")
     print(f"[evaluate] {model_file} on the {FLAGS.split} split at threshold {FLAGS.threshold}", flush=True)
     summary, arrays = evaluation.evaluate(model, dataset, FLAGS.threshold, FLAGS.max_examples)
