@@ -198,7 +198,29 @@ def has_gates(model):
     return not getattr(model, "baseline", False) and bool(getattr(model, "num_gates", 0))
 
 
-def shuffle_control(model, dataset, arrays, rounds=5, seed=0, progress=None):
+def deal_paths(rng, labels, within_class=False):
+    """A permutation of the images: image i runs the path of image `order[i]`.
+
+    Args:
+        rng: a `numpy.random.Generator`.
+        labels: the images' labels, shape `(n,)`.
+        within_class: deal each image the path of an image of its own class
+            (the permutation stays inside every class).
+
+    Returns:
+        `order`, an int array of shape `(n,)` holding each index once.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    if not within_class:
+        return rng.permutation(len(labels))
+    order = np.arange(len(labels))
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        order[members] = members[rng.permutation(len(members))]
+    return order
+
+
+def shuffle_control(model, dataset, arrays, rounds=5, seed=0, within_class=False, progress=None):
     """Accuracy when every image runs another image's path: what the per-image choice is worth.
 
     Each round deals the images' decision vectors (`collect`'s, at one
@@ -209,6 +231,9 @@ def shuffle_control(model, dataset, arrays, rounds=5, seed=0, progress=None):
     the gates' choice per image is worth; it is 0 for a static pattern (every
     permutation deals the same path) and near 0 for gates that are
     conditional but choose no better than a coin of the same skip ratios.
+    With `within_class`, each image gets the path of another image of its
+    own class: what the choice is worth beyond the class (0 for gates whose
+    path is a function of the class alone).
 
     Args:
         model: a gated `EnergyNet`.
@@ -217,13 +242,15 @@ def shuffle_control(model, dataset, arrays, rounds=5, seed=0, progress=None):
         arrays: `collect(model, dataset, ...)`'s dict.
         rounds: permutations to average over (>= 1).
         seed: seed of the permutations.
+        within_class: permute only among the images of one class
+            (`deal_paths`).
         progress: None or `progress(k, rounds, accuracy)` after each round.
 
     Returns:
         A dict: `accuracy` (the learned assignment), `shuffled_accuracy`
         (one per round), `shuffled_mean`, `shuffled_std`,
         `decision_value_points` (100 x (accuracy - shuffled_mean)),
-        `rounds`, `seed`, `examples`.
+        `rounds`, `seed`, `within_class`, `examples`.
 
     Raises:
         ValueError: for a model without gates, `rounds` < 1, or a dataset
@@ -247,7 +274,7 @@ def shuffle_control(model, dataset, arrays, rounds=5, seed=0, progress=None):
     rng = np.random.default_rng(seed)
     shuffled = []
     for k in range(rounds):
-        dealt = decisions[rng.permutation(n)]
+        dealt = decisions[deal_paths(rng, labels, within_class)]
         correct, seen = 0, 0
         for x, y in dataset:
             y = np.asarray(y).reshape(-1)[: n - seen]
@@ -273,6 +300,7 @@ def shuffle_control(model, dataset, arrays, rounds=5, seed=0, progress=None):
         "decision_value_points": 100.0 * (accuracy - mean),
         "rounds": int(rounds),
         "seed": int(seed),
+        "within_class": bool(within_class),
         "examples": int(n),
     }
 

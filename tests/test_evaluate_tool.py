@@ -42,6 +42,17 @@ def test_test_split_at_half_reproduces_the_runs_metrics(trained, tmp_path):
     assert "per-image choice worth" in result.stdout
 
 
+def test_shuffle_within_class_keeps_the_json_fields_and_says_so(trained, tmp_path):
+    out = tmp_path / "w.json"
+    result = run_module("tools.evaluate", f"--model_dir={trained}", "--split=test", f"--out={out}",
+                        "--shuffle_control=2", "--shuffle_within_class")
+    assert result.returncode == 0, result.stderr[-2000:]
+    control = json.loads(out.read_text())["shuffle_control"]
+    assert control["within_class"] is True and len(control["shuffled_accuracy"]) == 2
+    assert "per-image choice worth beyond the class" in result.stdout
+    assert "dealt at random within each class" in result.stdout
+
+
 def test_sweep_on_the_validation_split(trained, tmp_path):
     out = tmp_path / "s.json"
     result = run_module("tools.evaluate", f"--model_dir={trained}", "--sweep", "--thresholds=0.2,0.5,0.8",
@@ -64,6 +75,7 @@ def test_sweep_on_the_validation_split(trained, tmp_path):
     (["--sweep", "--thresholds=0.2,x"], "not a number"),
     (["--sweep", "--thresholds=0"], "not in (0, 1)"),
     (["--shuffle_control=-1"], "--shuffle_control=-1 must be >= 0"),
+    (["--shuffle_within_class"], "--shuffle_within_class needs --shuffle_control=N"),
 ])
 def test_bad_flags_get_one_line(args, needle, trained, tmp_path):
     if args and not args[0].startswith("--model_dir"):

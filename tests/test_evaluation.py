@@ -157,6 +157,42 @@ def test_shuffle_control_of_a_static_pattern_is_worth_nothing():
     assert control["decision_value_points"] == 0.0 and control["shuffled_std"] == 0.0
 
 
+def test_deal_paths_within_class_keeps_every_image_in_its_class():
+    labels = np.array([0, 1, 0, 2, 1, 0, 2, 2, 1, 0])
+    order = evaluation.deal_paths(np.random.default_rng(0), labels, within_class=True)
+    assert sorted(order) == list(range(10))
+    np.testing.assert_array_equal(labels[order], labels)
+    assert not np.array_equal(order, np.arange(10))  # seed 0 does move images
+    # Without the class, the deal is numpy's permutation of the same stream.
+    np.testing.assert_array_equal(evaluation.deal_paths(np.random.default_rng(3), labels),
+                                  np.random.default_rng(3).permutation(10))
+
+
+def test_shuffle_within_class_of_paths_set_by_the_class_is_worth_nothing_beyond_it():
+    model = _programmed_model()
+    data = _dataset(48)
+    x = np.concatenate([b for b, _ in data])
+    arrays = evaluation.collect(model, data)
+    # Each class has its own path: the choice is all class, nothing beyond it.
+    by_class = np.array([[1, 0], [0, 1], [1, 1]], np.uint8)
+    arrays["decisions"] = by_class[arrays["labels"]]
+    logits = model.forward(x, gate_override=arrays["decisions"].astype("float32"))["logits"]
+    arrays["predictions"] = np.argmax(np.asarray(logits), -1)
+    within = evaluation.shuffle_control(model, data, arrays, rounds=2, within_class=True)
+    assert within["within_class"] is True
+    assert within["decision_value_points"] == 0.0 and within["shuffled_std"] == 0.0
+    across = evaluation.shuffle_control(model, data, arrays, rounds=2, seed=1)
+    assert across["within_class"] is False
+    rng = np.random.default_rng(1)
+    expected = []
+    for _ in range(2):
+        dealt = arrays["decisions"][rng.permutation(48)].astype("float32")
+        expected.append(float((np.argmax(np.asarray(model.forward(x, gate_override=dealt)["logits"]), -1)
+                               == arrays["labels"]).mean()))
+    assert across["shuffled_accuracy"] == pytest.approx(expected)
+    assert across["shuffled_accuracy"] != [across["accuracy"]] * 2  # across classes the paths do change answers
+
+
 def test_shuffle_control_refuses_a_dataset_in_another_order_and_bad_arguments():
     model = _programmed_model()
     data = _dataset(24)

@@ -12,7 +12,9 @@ chose image by image (`per_image_energy`, `distinct_paths`,
 the curve of operating points. `--shuffle_control=N` also runs every image
 on another image's path (N random permutations of the decisions: the same
 paths, the same energy) and reports what the gates' choice per image is worth
-in accuracy points (0 for a static pattern). Choose a threshold on the validation split
+in accuracy points (0 for a static pattern); with `--shuffle_within_class`
+each image gets the path of another image of its own class, which measures
+what the choice is worth beyond the class. Choose a threshold on the validation split
 (`--split=validation`, the default), never on the test split; then export it
 with `python -m tools.export --threshold=T`.
 
@@ -43,6 +45,7 @@ def _define_flags():
     flags.DEFINE_list("thresholds", [], "Thresholds of --sweep (default 0.05, 0.10, ..., 0.95).")
     flags.DEFINE_integer("max_examples", None, "Use only the first N images of the split.")
     flags.DEFINE_integer("shuffle_control", 0, "Also run every image on another image's path, in this many random permutations (0: no): the accuracy the gates' choice per image is worth, at the same paths and energy.")
+    flags.DEFINE_boolean("shuffle_within_class", False, "With --shuffle_control: deal each image the path of another image of its own class (what the choice is worth beyond the class).")
     flags.DEFINE_string("out", None, "Write the results as JSON here (default: print only).")
     flags.DEFINE_string("per_image", None, "Write the per-image arrays at --threshold (labels, predictions, decisions, gate_logits, energy) to this .npz.")
 
@@ -144,7 +147,7 @@ def sweep(model, dataset, thresholds=None, max_examples=None, verbose=True):
     return evaluation.threshold_sweep(model, dataset, thresholds, max_examples, progress=progress)
 
 
-def shuffle(model, dataset, arrays, rounds, verbose=True):
+def shuffle(model, dataset, arrays, rounds, within_class=False, verbose=True):
     """`evaluation.shuffle_control` with a progress line per permutation and a summary line."""
     from energynet_tf import evaluation
 
@@ -152,10 +155,13 @@ def shuffle(model, dataset, arrays, rounds, verbose=True):
         if verbose:
             print(f"[evaluate] shuffled paths, permutation {k}/{n}: accuracy {100 * accuracy:.2f}%", flush=True)
 
-    control = evaluation.shuffle_control(model, dataset, arrays, rounds, progress=progress)
+    control = evaluation.shuffle_control(model, dataset, arrays, rounds, within_class=within_class,
+                                         progress=progress)
     if verbose:
-        print(f"[evaluate] per-image choice worth {control['decision_value_points']:+.2f} points: learned paths "
-              f"{100 * control['accuracy']:.2f}%, the same paths dealt at random {100 * control['shuffled_mean']:.2f}% "
+        what = "per-image choice worth beyond the class" if within_class else "per-image choice worth"
+        dealt = "dealt at random within each class" if within_class else "dealt at random"
+        print(f"[evaluate] {what} {control['decision_value_points']:+.2f} points: learned paths "
+              f"{100 * control['accuracy']:.2f}%, the same paths {dealt} {100 * control['shuffled_mean']:.2f}% "
               f"(std {100 * control['shuffled_std']:.2f} over {rounds})", flush=True)
     return control
 
@@ -172,6 +178,8 @@ def main():
         raise UsageError(f"--max_examples={FLAGS.max_examples} must be a positive integer")
     if FLAGS.shuffle_control < 0:
         raise UsageError(f"--shuffle_control={FLAGS.shuffle_control} must be >= 0 (permutations; 0: none)")
+    if FLAGS.shuffle_within_class and not FLAGS.shuffle_control:
+        raise UsageError("--shuffle_within_class needs --shuffle_control=N (N permutations)")
     thresholds = parse_thresholds(FLAGS.thresholds)
     if thresholds is not None and not FLAGS.sweep:
         raise UsageError("--thresholds needs --sweep")
@@ -187,7 +195,7 @@ def main():
           f"(p10 {e['p10']:.4f}, p90 {e['p90']:.4f}); {summary['distinct_paths']} distinct paths; selective "
           f"blocks: {summary['selective_blocks'] or 'none'}", flush=True)
     if FLAGS.shuffle_control:
-        result["shuffle_control"] = shuffle(model, dataset, arrays, FLAGS.shuffle_control)
+        result["shuffle_control"] = shuffle(model, dataset, arrays, FLAGS.shuffle_control, FLAGS.shuffle_within_class)
     if FLAGS.sweep:
         result["threshold_sweep"] = sweep(model, dataset, thresholds, FLAGS.max_examples)
     if FLAGS.per_image:
