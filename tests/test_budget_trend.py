@@ -29,7 +29,20 @@ def test_one_line_per_recipe_budgets_ascending_means_over_seeds():
     assert result["preset"][1]["mean_static_gap_points"] == pytest.approx(-0.2)
     assert result["distill"][0]["mean_energy_savings"] == pytest.approx(0.4)
     text = budget_trend.markdown(result, "cmd")
-    assert "| preset | 30 | 0,1 | +1.50 | -0.20 | 50.0% |" in text
+    assert "| preset | 30 | 0,1 | +1.50 | -0.20 | 50.0% | n/a | n/a,n/a |" in text
+
+
+def test_the_per_image_spread_is_carried_per_seed_and_averaged():
+    spread = _results(0, 30, 1.0, -0.2)
+    spread["energynet"].update(per_image_energy={"std": 0.05}, selective_blocks=[8, 14, 16])
+    static = _results(1, 30, 2.0, -0.4)
+    static["energynet"].update(per_image_energy={"std": 0.01}, selective_blocks=[])
+    point = budget_trend.trend([("preset", {0: spread, 1: static})])["preset"][0]
+    assert point["per_image_energy_std"] == [0.05, 0.01]
+    assert point["mean_per_image_energy_std"] == pytest.approx(0.03)
+    assert point["selective_blocks"] == [3, 0]
+    assert "| preset | 30 | 0,1 | +1.50 | -0.30 | 50.0% | 3.00% | 3,0 |" in budget_trend.markdown(
+        {"preset": [point]}, "cmd")
 
 
 def test_a_run_without_plain_networks_uses_the_front_of_its_budget_and_seed():
