@@ -61,6 +61,39 @@ def test_ctrl_c_in_a_terminal_reaches_the_trainer_once(tmp_path):
     assert record.read_text().split() == ["SIGTERM"]
 
 
+# The same tool, with the terminal's SIGTERM arriving while `Popen` is starting the trainer (it waits there for
+# the child's exec): the window in which a loaded machine once left a trainer running with nobody to stop it.
+TOOL_INTERRUPTED_AT_START = textwrap.dedent("""
+    import os, signal, subprocess, sys
+    from energynet_tf import cli
+    from tools import runs
+    trainer, record, model_dir, log = sys.argv[1:5]
+    runs.trainer_command = lambda name, flags: [sys.executable, trainer, record]
+    started, real_popen = [], subprocess.Popen
+    def popen_interrupted_while_starting(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        os.kill(os.getpid(), signal.SIGTERM)
+        return started[-1]
+    runs.subprocess.Popen = popen_interrupted_while_starting
+    try:
+        cli.run_tool(lambda: runs.run_trainer("fake", model_dir, [], log), [sys.argv[0]])
+    finally:
+        print("trainer still running" if started and started[0].poll() is None else "trainer stopped", flush=True)
+""")
+
+
+def test_an_interrupt_while_the_trainer_starts_stops_the_trainer_too(tmp_path):
+    trainer = tmp_path / "trainer.py"
+    trainer.write_text(FAKE_TRAINER)
+    record, log = tmp_path / "signals.txt", tmp_path / "fake.log"
+    result = subprocess.run([sys.executable, "-c", TOOL_INTERRUPTED_AT_START, str(trainer), str(record),
+                             str(tmp_path / "run"), str(log)], cwd=REPO, env=tool_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert "interrupted (SIGTERM)" in result.stderr
+    assert "trainer stopped" in result.stdout, result.stdout
+
+
 def test_a_tool_that_stops_with_an_error_leaves_no_holder_in_its_lock(tmp_path):
     out = tmp_path / "out"
     script = textwrap.dedent("""

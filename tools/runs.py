@@ -7,8 +7,10 @@ interrupted run from its checkpoints and does not rerun a finished one.
 import atexit
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 
 from energynet_tf.cli import UsageError
 
@@ -109,9 +111,13 @@ def run_trainer(name, model_dir, trainer_flags, log, trainer="cifar", echo=True)
         # the tool's process group the trainer got the Ctrl-C and then this
         # SIGTERM: a second signal, which stops at once, before the current
         # step is saved.)
-        process = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        process, pending = _spawn_deferring_interrupts(
+            command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True)
         try:
+            for signum in pending:
+                # An interrupt that came while the trainer was starting, raised here, where it stops the trainer.
+                signal.raise_signal(signum)
             for line in process.stdout:
                 log_file.write(line)
                 log_file.flush()
@@ -166,6 +172,34 @@ def git_commit():
         return commit + ("+uncommitted changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def _spawn_deferring_interrupts(command, **popen_args):
+    """Starts `command` with Ctrl-C and SIGTERM held until the child exists; returns it and the held signals.
+
+    An interrupt raised inside `Popen` (it waits there for the child's exec) would leave a trainer running in its
+    own session with nobody to stop it, holding its run directory's lock. The caller raises the held signals
+    again once it can stop the child. Outside the main thread (where handlers cannot be set) nothing is held.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return subprocess.Popen(command, **popen_args), []
+    pending = []
+    watched = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda signum, frame: pending.append(signum)) for signum in watched}
+    try:
+        process = subprocess.Popen(command, **popen_args)
+    except BaseException:
+        _restore(previous)
+        for signum in pending:  # no child to stop: the interrupt is not lost
+            signal.raise_signal(signum)
+        raise
+    _restore(previous)
+    return process, pending
+
+
+def _restore(handlers):
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
 
 
 def exit_on_sigterm(signum, frame):
