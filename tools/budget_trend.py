@@ -82,7 +82,8 @@ def trend(loaded):
             drops = [float(r["accuracy_drop_points"]) for r in rows]
             gaps = [gap(r) for r in rows]
             # Whether the gates decide per image as training gets longer (None for runs without per-image fields).
-            stds = [(r["energynet"].get("per_image_energy") or {}).get("std") for r in rows]
+            spread = [ablation.row(r, None, None) for r in rows]
+            stds = [x["per_image_energy_std"] for x in spread]
             points.append({
                 "epochs": budget,
                 "seeds": sorted(int(r["config"]["seed"]) for r in rows),
@@ -90,8 +91,7 @@ def trend(loaded):
                 "static_gap_points": gaps,
                 "energy_savings": [float(r["energynet"]["energy_savings"]) for r in rows],
                 "per_image_energy_std": stds,
-                "selective_blocks": [None if r["energynet"].get("selective_blocks") is None
-                                     else len(r["energynet"]["selective_blocks"]) for r in rows],
+                "selective_blocks": [x["selective_blocks"] for x in spread],
                 "mean_accuracy_drop_points": ablation.summarise(drops)["mean"],
                 "mean_static_gap_points": ablation.summarise(gaps)["mean"],
                 "mean_energy_savings": ablation.summarise(r["energynet"]["energy_savings"] for r in rows)["mean"],
