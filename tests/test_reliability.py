@@ -148,6 +148,7 @@ def test_a_kill_inside_the_reinforcement_stage_resumes_to_the_same_metrics(fake_
     assert _metrics(model_dir) == metrics
 
 
+@pytest.mark.slow  # 14 s; test_callbacks.py::test_nan_guard_stops_training checks the guard in CI
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(fake_data_dir, tmp_path):
     model_dir = str(tmp_path / "run")
     # Phase I trains normally; phase II's absurd learning rate makes the loss NaN.
@@ -162,7 +163,9 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
         assert json.load(f)["epoch"] == 3
 
 
-@pytest.mark.parametrize("signum, status, name", [(signal.SIGINT, 130, "SIGINT"), (signal.SIGTERM, 143, "SIGTERM")])
+# SIGINT is opt-in (16 s): test_a_second_ctrl_c_stops_at_once... and test_runs.py's Ctrl-C test run it in CI.
+@pytest.mark.parametrize("signum, status, name", [
+    pytest.param(signal.SIGINT, 130, "SIGINT", marks=pytest.mark.slow), (signal.SIGTERM, 143, "SIGTERM")])
 def test_a_signal_during_training_stops_with_one_line_and_keeps_the_last_checkpoint(
         fake_data_dir, tmp_path, signum, status, name):
     model_dir = tmp_path / "run"
@@ -289,6 +292,7 @@ def _fake_tiny_imagenet(root, wnids=("n01000001", "n02000002", "n03000003", "n04
     return base
 
 
+@pytest.mark.slow  # 26 s; test_a_damaged_dataset_stops_the_trainer_before_anything_is_written runs in CI
 def test_a_damaged_jpeg_mid_run_saves_the_step_names_the_file_and_the_rerun_resumes(tmp_path):
     from energynet_tf.data import common
     from energynet_tf.data import tiny_imagenet as ti
