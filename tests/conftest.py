@@ -79,3 +79,16 @@ def small_disk(tmp_path):
         yield mount
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+# The tools' end-to-end module fixtures take 30-100 s each (BUILD.md, "Test").
+# With `--dist loadfile` a worker that picks one of them up last leaves the other
+# core idle for its whole run; handing the longest files out first (the
+# longest-processing-time rule) keeps both cores busy to the end.
+_LONGEST_FILES_FIRST = ("test_reproduce.py", "test_reliability.py", "test_search_alpha.py", "test_export.py",
+                        "test_trials.py", "test_static_front.py", "test_plots.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
