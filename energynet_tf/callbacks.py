@@ -51,6 +51,9 @@ class AlphaPhases(keras.callbacks.Callback):
         self.phases = []  # finished phases: {phase, alpha, epochs, val_accuracy}
         self.phase3_reason = None
         self.finished = False
+        # Under one decay with a reference, a phase II that kept its accuracy goes on to the end of the budget.
+        self.phase2_extended = False
+        self._reference_problem = None
         self._epoch = 0
         self.batch_offset = 0  # steps already done in the epoch a run resumed inside
 
@@ -63,6 +66,7 @@ class AlphaPhases(keras.callbacks.Callback):
             "phases": self.phases,
             "phase3_reason": self.phase3_reason,
             "finished": self.finished,
+            "phase2_extended": self.phase2_extended,
         }
 
     def set_state(self, state):
@@ -72,6 +76,7 @@ class AlphaPhases(keras.callbacks.Callback):
         self.phases = list(state["phases"])
         self.phase3_reason = state["phase3_reason"]
         self.finished = bool(state["finished"])
+        self.phase2_extended = bool(state.get("phase2_extended", False))
 
     # -- hooks ------------------------------------------------------------------
     def on_train_begin(self, logs=None):
@@ -135,9 +140,19 @@ class AlphaPhases(keras.callbacks.Callback):
                 if schedule.phase2_epochs == 0:
                     self._finish("phase III did not run: no phase II (phase2_epochs = 0)")
         elif self.phase == 2:
-            if epochs_in_phase >= schedule.phase2_epochs:
-                self._end_phase(epoch, accuracy, "epochs done")
-                self._decide_phase3()
+            if self.phase2_extended:
+                if epochs_in_phase >= schedule.phase2_epochs + schedule.phase3_epochs:
+                    self._end_phase(epoch, accuracy, "epochs done (went on to the end of the decay)")
+                    self._finish(None)
+            elif epochs_in_phase >= schedule.phase2_epochs:
+                if not schedule.restore_reference:
+                    self._end_phase(epoch, accuracy, "epochs done")
+                    self._decide_phase3()
+                else:
+                    reference = self._reference_accuracy(epoch)
+                    if reference is None:  # (why is in the reason)
+                        reference = self.phases[0]["val_accuracy"]
+                    self._decide_phase3_one_decay(epoch, accuracy, reference)
         elif self.phase == 3:
             if epochs_in_phase >= schedule.phase3_epochs:
                 self._end_phase(epoch, accuracy, "epochs done")
@@ -159,6 +174,77 @@ class AlphaPhases(keras.callbacks.Callback):
         self.phase += 1
         self.phase_start_epoch = epoch + 1
 
+    def _decay_epoch(self, epoch):
+        """Epochs of the one decay completed at the end of this run's `epoch` (0-based)."""
+        return self.schedule.cosine_start_epoch + epoch + 1
+
+    def _reference_accuracy(self, epoch):
+        """The reference baseline's validation accuracy at the same epoch of the decay, or None (and why)."""
+        import json
+
+        path = self.schedule.restore_reference
+        path = os.path.join(path, "metrics.json") if os.path.isdir(path) else path
+        at = self._decay_epoch(epoch)
+        self._reference_problem = None
+        try:
+            with open(path) as f:
+                history = json.load(f)["history"]
+            value = history[at - 1][self.monitor]
+            return float(value)
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+            self._reference_problem = (f"the reference {path} gave no {self.monitor} at epoch {at}: "
+                                       f"{type(e).__name__}: {e}")
+            return None
+
+    def _threshold(self, a, b):
+        """The drop (points) above which phase III runs, and its text, for accuracies `a` and `b`."""
+        threshold = self.schedule.restore_threshold
+        if self.schedule.restore_z > 0:
+            n = self.validation_examples
+            se = 100.0 * math.sqrt((a * (1 - a) + b * (1 - b)) / n)
+            threshold = round(threshold + self.schedule.restore_z * se, 2)
+            return threshold, (f"{threshold} threshold ({self.schedule.restore_threshold} + "
+                               f"{self.schedule.restore_z} x {se:.2f} standard error on {n} images)")
+        return threshold, f"{threshold} threshold"
+
+    def _decide_phase3_one_decay(self, epoch, accuracy, reference):
+        """The phase III test under one decay: phase II's accuracy against the baseline's at the same epoch.
+
+        `reference` is phase I's accuracy when the baseline's could not be
+        read (`_reference_problem` says why, and the reason repeats it).
+        """
+        at = self._decay_epoch(epoch)
+        if accuracy is None or reference is None:
+            self._end_phase(epoch, accuracy, "epochs done")
+            self._finish(f"phase III did not run: no `{self.monitor}` in the logs to compare")
+            return
+        drop = 100.0 * (reference - accuracy)
+        threshold, text = self._threshold(reference, accuracy)
+        if self._reference_problem:
+            compared = (f"phase II is {drop:.2f} points below phase I ({100 * reference:.2f}% -> "
+                        f"{100 * accuracy:.2f}%; {self._reference_problem})")
+        else:
+            compared = (f"phase II is {drop:.2f} points below the baseline at epoch {at} of the decay "
+                        f"({100 * reference:.2f}% -> {100 * accuracy:.2f}%)")
+        if drop > threshold and self.schedule.phase3_epochs > 0:
+            self._end_phase(epoch, accuracy, "epochs done")
+            self.phase3_reason = f"phase III ran: {compared}, more than the {text}"
+            if self.verbose:
+                print(f"[phases] {self.phase3_reason}", flush=True)
+            return
+        if drop > threshold:
+            why = f"phase III did not run: {compared} (> {threshold}) but phase3_epochs is 0"
+        else:
+            why = f"phase III did not run: {compared}, within the {text}"
+        if self.schedule.phase3_epochs == 0:
+            self._end_phase(epoch, accuracy, "epochs done")
+            self._finish(why)
+            return
+        self.phase2_extended = True
+        self.phase3_reason = f"{why}; phase II goes on at alpha2 for the {self.schedule.phase3_epochs} epochs left"
+        if self.verbose:
+            print(f"[phases] {self.phase3_reason}", flush=True)
+
     def _decide_phase3(self):
         phase1, phase2 = self.phases[0]["val_accuracy"], self.phases[1]["val_accuracy"]
         if phase1 is None or phase2 is None:
@@ -166,16 +252,7 @@ class AlphaPhases(keras.callbacks.Callback):
             self._finish(reason)
             return
         drop = 100.0 * (phase1 - phase2)
-        threshold = self.schedule.restore_threshold
-        if self.schedule.restore_z > 0:
-            n = self.validation_examples
-            se = 100.0 * math.sqrt((phase1 * (1 - phase1) + phase2 * (1 - phase2)) / n)
-            margin = self.schedule.restore_z * se
-            threshold = round(threshold + margin, 2)
-            threshold_text = (f"{threshold} threshold ({self.schedule.restore_threshold} + "
-                              f"{self.schedule.restore_z} x {se:.2f} standard error on {n} images)")
-        else:
-            threshold_text = f"{threshold} threshold"
+        threshold, threshold_text = self._threshold(phase1, phase2)
         if drop > threshold and self.schedule.phase3_epochs > 0:
             self.phase3_reason = (
                 f"phase III ran: phase II lost {drop:.2f} points of validation accuracy "

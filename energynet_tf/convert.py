@@ -353,8 +353,8 @@ class ConvertedEnergyNet(EnergyNet):
         baseline, gate_units, gate_bias_init, alpha, accelerator,
         energy_costs, weight_decay, gate_lr_multiplier, gate_noise,
         energy_term, removed_blocks, policy_weight, exploration,
-        batch_shaping_weight, batch_shaping_prior, gate_losses: as for
-            `EnergyNet`.
+        batch_shaping_weight, batch_shaping_prior, gate_losses, loss_terms,
+        drop_blocks: as for `EnergyNet`.
         **kwargs: base model arguments (`name`, ...).
 
     Raises:
@@ -365,7 +365,8 @@ class ConvertedEnergyNet(EnergyNet):
     def __init__(self, source, baseline=False, gate_units=10, gate_bias_init=1.0, alpha=0.1, accelerator=None,
                  energy_costs=None, weight_decay=0.0, gate_lr_multiplier=1.0, gate_noise=0.0,
                  energy_term="expected", removed_blocks=(), policy_weight=0.0, exploration=0.0,
-                 batch_shaping_weight=0.0, batch_shaping_prior=(0.6, 0.4), gate_losses=None, **kwargs):
+                 batch_shaping_weight=0.0, batch_shaping_prior=(0.6, 0.4), gate_losses=None, loss_terms=None,
+                 drop_blocks=0.0, **kwargs):
         keras.Model.__init__(self, **kwargs)
         graph = _Graph(source)
         self.source = source
@@ -377,7 +378,7 @@ class ConvertedEnergyNet(EnergyNet):
         self._configure(graph.num_classes, graph.image_shape, baseline, gate_units, gate_bias_init, alpha,
                         accelerator, energy_costs, weight_decay, False, gate_lr_multiplier, gate_noise,
                         energy_term, removed_blocks, policy_weight, exploration, batch_shaping_weight,
-                        batch_shaping_prior, gate_losses)
+                        batch_shaping_prior, gate_losses, loss_terms, drop_blocks)
 
     @property
     def res_blocks(self):

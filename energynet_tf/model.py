@@ -15,6 +15,7 @@ from energynet_tf import gates as gates_lib
 from energynet_tf import metrics as metrics_lib
 from energynet_tf import reinforce
 from energynet_tf import systolic
+from energynet_tf import terms as terms_lib
 
 PACKAGE = "energynet_tf"
 
@@ -113,6 +114,18 @@ class EnergyNet(keras.Model):
             off whatever its weight (a schedule that needs it refuses the
             model), and leaving them out keeps the step of a plain
             straight-through run as small as before (its trace 1.5 s shorter).
+        loss_terms: more training signals (`terms.LossTerm` objects, or their
+            serialised dicts), summed after the built-in ones that the
+            arguments above define (`terms.builtin_terms`: the energy, the
+            REINFORCE and batch-shaping gate losses, the L2 weight decay);
+            e.g. `[terms.InplaceDistillation(1.0, 1.0)]`. Saved in the config.
+        drop_blocks: P in [0, 1): while the gates are forced open (the gate
+            warm-up), each gated block is skipped at random per image in
+            training, with a survival probability falling linearly with
+            depth from 1 to 1 - P at the last gated block (stochastic depth,
+            Huang et al. 2016), so that every block is skippable before the
+            gates decide. A skipped block outputs its shortcut, unscaled, as
+            a closed gate does. Never at inference, nor once the warm-up ends.
         **kwargs: base model arguments (`name`, ...).
 
     Raises:
@@ -142,6 +155,8 @@ class EnergyNet(keras.Model):
         batch_shaping_weight=0.0,
         batch_shaping_prior=(0.6, 0.4),
         gate_losses=None,
+        loss_terms=None,
+        drop_blocks=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -150,12 +165,12 @@ class EnergyNet(keras.Model):
         self._configure(num_classes, image_shape, baseline, gate_units, gate_bias_init, alpha, accelerator,
                         energy_costs, weight_decay, zero_init_residual, gate_lr_multiplier, gate_noise, energy_term,
                         removed_blocks, policy_weight, exploration, batch_shaping_weight, batch_shaping_prior,
-                        gate_losses)
+                        gate_losses, loss_terms, drop_blocks)
 
     def _configure(self, num_classes, image_shape, baseline, gate_units, gate_bias_init, alpha, accelerator,
                    energy_costs, weight_decay, zero_init_residual, gate_lr_multiplier, gate_noise, energy_term,
                    removed_blocks, policy_weight, exploration, batch_shaping_weight, batch_shaping_prior,
-                   gate_losses):
+                   gate_losses, loss_terms=None, drop_blocks=0.0):
         """Checks the arguments every gated network shares, builds the structure (`_make_structure`) and
         the variables, and builds the model."""
         if not isinstance(num_classes, int) or num_classes < 2:
@@ -195,6 +210,15 @@ class EnergyNet(keras.Model):
             raise ValueError(
                 f"Argument `energy_term` must be 'expected' or 'decisions'; received: {energy_term!r}")
         self.energy_term = energy_term
+        if (isinstance(drop_blocks, bool) or not isinstance(drop_blocks, (int, float, np.number))
+                or not np.isfinite(drop_blocks) or not 0 <= drop_blocks < 1):
+            raise ValueError(f"Argument `drop_blocks` must be a number in [0, 1); received: {drop_blocks!r}")
+        self.drop_blocks = float(drop_blocks)
+        # Plain lists of plain objects, kept out of Keras' tracking (terms hold no variables).
+        object.__setattr__(self, "extra_loss_terms", terms_lib.check_extra_terms(loss_terms))
+        object.__setattr__(self, "_builtin_terms", terms_lib.builtin_terms(
+            energy_term, self.gate_losses, self.batch_shaping_prior, float(weight_decay)))
+        object.__setattr__(self, "_teacher_term", None)
         self.weight_decay = float(weight_decay)
         self.zero_init_residual = bool(zero_init_residual)
         self.num_classes = num_classes
@@ -415,7 +439,18 @@ class EnergyNet(keras.Model):
                 f"received shape {shape}"
             )
 
-    def forward(self, inputs, training=False, gate_override=None, gate_uniform=None, threshold=None):
+    @property
+    def loss_terms(self):
+        """The training signals the step sums after the cross-entropy, in order (`terms`)."""
+        teacher = [self._teacher_term] if self._teacher_term is not None else []
+        return list(self._builtin_terms) + list(self.extra_loss_terms) + teacher
+
+    def full_path_logits(self, inputs, training=False):
+        """The logits with every block running and no gate computed (the removed blocks of a plain network aside)."""
+        return self.head(self.walk(self.stem(inputs, training=training), decide=None, training=training))
+
+    def forward(self, inputs, training=False, gate_override=None, gate_uniform=None, threshold=None,
+                drop_uniform=None):
         """Runs the network and returns logits with the gates' decisions.
 
         Args:
@@ -432,6 +467,11 @@ class EnergyNet(keras.Model):
                 block runs at inference, in (0, 1): an operating point chosen
                 at deployment (lower runs more blocks). A Python number or a
                 scalar tensor; training always decides at 0.5.
+            drop_uniform: None, or `(batch, num_gates)` uniform (0, 1)
+                samples: in training, while the gates are forced open, gated
+                block b (from 1) runs where its sample is below its survival
+                probability `1 - drop_blocks * b / num_gates` (`train_step`
+                draws them from the step count, as `gate_uniform`).
 
         Returns:
             A dict with `logits` `(batch, num_classes)`, `probabilities` (gate
@@ -479,6 +519,11 @@ class EnergyNet(keras.Model):
                     sampled = ops.maximum(reinforce.sample_decisions(b, u), ops.cast(self.gates_forced_open, p.dtype))
                     rl = ops.cast(ops.greater(self.policy_weight, 0.0), p.dtype)
                     m = rl * ops.stop_gradient(sampled) + (1.0 - rl) * m
+                if drop_uniform is not None:
+                    # Stochastic depth in the gate warm-up only: forced-open gates are dropped at random.
+                    survival = 1.0 - self.drop_blocks * (index + 1) / self.num_gates
+                    keep = ops.cast(ops.less(ops.cast(drop_uniform[:, index], p.dtype), survival), p.dtype)
+                    m = m * (1.0 - ops.cast(self.gates_forced_open, p.dtype) * (1.0 - keep))
                 behaviour.append(b)
             probabilities.append(p)
             masks.append(m)
@@ -532,66 +577,51 @@ class EnergyNet(keras.Model):
         return metrics_lib.normalised_energy(self.energy_table, decisions)
 
     # -- training -------------------------------------------------------------
+    def _step_uniform(self, x, stream):
+        """`(batch, num_gates)` uniform samples of the training step, a pure function of its count and `stream`.
+
+        A run resumed from a checkpoint (which holds the optimizer's step
+        count) draws the same samples. Replica r trains on rows [r * b,
+        (r + 1) * b) of the global batch (distribute.shard_of_batches): it
+        takes the same rows of the global batch's samples, so an example's
+        samples do not depend on the number of replicas.
+        """
+        step = ops.cast(self.optimizer.iterations, "int32")
+        seed = tf.stack([stream, step])
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        context = tf.distribute.get_replica_context()
+        if replicas > 1 and context is not None:
+            local = ops.shape(x)[0]
+            noise = tf.random.stateless_uniform((local * replicas, self.num_gates), seed=seed, dtype=tf.float32)
+            start = ops.cast(context.replica_id_in_sync_group, "int32") * local
+            return noise[start:start + local]
+        return tf.random.stateless_uniform((ops.shape(x)[0], self.num_gates), seed=seed, dtype=tf.float32)
+
     def _step(self, data, training):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        gate_uniform = None
+        gate_uniform = drop_uniform = None
         if training and self.gate is not None and getattr(self, "optimizer", None) is not None:
-            # A pure function of the step: a run resumed from a checkpoint
-            # (which holds the optimizer's step count) draws the same noise.
-            step = ops.cast(self.optimizer.iterations, "int32")
-            seed = tf.stack([1337, step])
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            context = tf.distribute.get_replica_context()
-            if replicas > 1 and context is not None:
-                # Replica r trains on rows [r * b, (r + 1) * b) of the global
-                # batch (distribute.shard_of_batches): it takes the same rows of
-                # the global batch's noise, so the noise of an example does not
-                # depend on the number of replicas.
-                local = ops.shape(x)[0]
-                noise = tf.random.stateless_uniform((local * replicas, self.num_gates), seed=seed, dtype=tf.float32)
-                start = ops.cast(context.replica_id_in_sync_group, "int32") * local
-                gate_uniform = noise[start:start + local]
-            else:
-                gate_uniform = tf.random.stateless_uniform(
-                    (ops.shape(x)[0], self.num_gates), seed=seed, dtype=tf.float32)
-        out = self.forward(x, training=training, gate_uniform=gate_uniform)
+            gate_uniform = self._step_uniform(x, 1337)
+            if self.drop_blocks > 0:
+                drop_uniform = self._step_uniform(x, 7331)
+        out = self.forward(x, training=training, gate_uniform=gate_uniform, drop_uniform=drop_uniform)
         # Keras loss objects already divide by the number of replicas; the
         # hand-made terms must be scaled the same way (docs/design.md §4).
         ce = self.compute_loss(x=x, y=y, y_pred=out["logits"], sample_weight=sample_weight, training=training)
-        charged = out["masks"] if self.energy_term == "decisions" else out["probabilities"]
-        energy = ops.mean(self.expected_energy(charged))
         num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        alpha = ops.cast(self.alpha, ce.dtype)
         # Each image's cross-entropy: its return in the reinforcement stage, and the logged mean reward.
         out["image_cross_entropy"] = keras.losses.sparse_categorical_crossentropy(
             ops.reshape(y, (-1,)), out["logits"], from_logits=True)
-        if training and "behaviour" in out and self.gate_losses:
-            loss = ce
-            if "reinforce" in self.gate_losses:
-                rl = ops.cast(ops.greater(self.policy_weight, 0.0), ce.dtype)
-                # The reinforcement stage charges the energy in the return only.
-                loss = loss + (1.0 - rl) * alpha * energy / num_replicas
-                returns = reinforce.returns_to_go(
-                    ops.stop_gradient(out["image_cross_entropy"]), out["masks"],
-                    np.asarray(self.energy_table.block_energy, np.float32) / self.energy_table.total_energy, alpha)
-                advantages = reinforce.leave_one_out_advantages(returns)
-                policy = reinforce.policy_loss(out["behaviour"], out["masks"], advantages)
-                loss = loss + ops.cast(self.policy_weight, ce.dtype) * policy / num_replicas
-            else:
-                loss = loss + alpha * energy / num_replicas
-            if "batch_shaping" in self.gate_losses:
-                a, b = self.batch_shaping_prior
-                shaping = reinforce.batch_shaping_loss(out["probabilities"], a, b)
-                loss = loss + ops.cast(self.batch_shaping_weight, ce.dtype) * shaping / num_replicas
-        else:
-            loss = ce + alpha * energy / num_replicas
-        if self.weight_decay > 0:
-            loss = loss + self.l2_penalty() / num_replicas
-        teacher = getattr(self, "_teacher", None)
-        if training and teacher is not None:
-            model, weight, temperature = teacher
-            teacher_logits = ops.stop_gradient(model(x, training=False))
-            loss = loss + weight * self.distillation_loss(teacher_logits, out["logits"], temperature) / num_replicas
+        terms = [t for t in self.loss_terms if training or not t.training_only]
+        full_logits = None
+        if training and any(t.needs_full_path for t in terms):
+            full_logits = self.full_path_logits(x, training=True)
+        step = terms_lib.Step(x=x, y=y, sample_weight=sample_weight, out=out, cross_entropy=ce,
+                              image_cross_entropy=out["image_cross_entropy"], training=training,
+                              full_logits=full_logits)
+        loss = ce
+        for term in terms:
+            loss = loss + term(self, step) / num_replicas
         return x, y, sample_weight, out, ce, loss
 
     def set_teacher(self, teacher, weight, temperature=4.0):
@@ -614,23 +644,20 @@ class EnergyNet(keras.Model):
         Raises:
             ValueError: for a weight or temperature that is not > 0.
         """
+        term = None
         if teacher is not None:
             for name, value in (("weight", weight), ("temperature", temperature)):
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
                         or value <= 0:
                     raise ValueError(f"Argument `{name}` must be a finite number > 0; received: {value!r}")
             teacher.trainable = False
+            term = terms_lib.TeacherDistillation(teacher, weight, temperature)
         # Not tracked: the teacher's weights are neither trained nor saved with this model.
-        object.__setattr__(self, "_teacher", None if teacher is None else (teacher, float(weight),
-                                                                            float(temperature)))
+        object.__setattr__(self, "_teacher_term", term)
 
     def distillation_loss(self, teacher_logits, logits, temperature):
-        """`T^2 * KL(softmax(t / T) || softmax(s / T))`, averaged over the batch."""
-        t = ops.cast(teacher_logits, "float32") / temperature
-        s = ops.cast(logits, "float32") / temperature
-        target = ops.softmax(t, axis=-1)
-        kl = ops.sum(target * (ops.log_softmax(t, axis=-1) - ops.log_softmax(s, axis=-1)), axis=-1)
-        return temperature * temperature * ops.mean(kl)
+        """`T^2 * KL(softmax(t / T) || softmax(s / T))`, averaged over the batch (`terms.tempered_kl`)."""
+        return terms_lib.tempered_kl(teacher_logits, logits, temperature)
 
     def soften_gates(self, temperature):
         """Divides every gate's logit by `temperature` once (the shared output unit's kernel and bias).
@@ -655,9 +682,8 @@ class EnergyNet(keras.Model):
         return True
 
     def l2_penalty(self):
-        """`weight_decay / 2 * sum(w**2)` over the trainable weights (coupled L2)."""
-        total = ops.sum(ops.stack([ops.sum(ops.square(w)) for w in self.trainable_weights]))
-        return 0.5 * self.weight_decay * total
+        """`weight_decay / 2 * sum(w**2)` over the trainable weights (coupled L2; `terms.WeightDecay`)."""
+        return terms_lib.WeightDecay(self.weight_decay)(self, None) if self.weight_decay > 0 else 0.0
 
     def _gate_variable_ids(self):
         if self.gate is None:
@@ -738,6 +764,8 @@ class EnergyNet(keras.Model):
                     float(self.batch_shaping_weight.numpy()) if hasattr(self, "batch_shaping_weight") else 0.0),
                 "batch_shaping_prior": list(self.batch_shaping_prior),
                 "gate_losses": list(self.gate_losses),
+                "loss_terms": [keras.saving.serialize_keras_object(t) for t in self.extra_loss_terms],
+                "drop_blocks": self.drop_blocks,
             }
         )
         return config

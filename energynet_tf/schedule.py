@@ -62,6 +62,19 @@ class PhaseSchedule:
     on the validation set (binomial; with 5,000 images and accuracy near 90%
     one standard error is about 0.6 points). `restore_z` 0 is the paper's test.
 
+    The phase III test under one decay (`cosine_epochs` > 0 with
+    `restore_reference`): phase I's accuracy is taken at a higher learning
+    rate than phase II's, so comparing the two says little. Instead phase II's
+    validation accuracy is compared with the baseline's at the same epoch of
+    the same decay (`restore_reference`: a baseline run directory or its
+    `metrics.json`, whose per-epoch `history` is read when the test is made),
+    with the same threshold and standard error. Phase III runs (alpha3, its
+    own gate multiplier) for `phase3_epochs` if phase II lost more than that;
+    otherwise phase II goes on at alpha2 for those epochs, so either way the
+    run uses its whole budget and the learning rate reaches 0 at its last
+    epoch. A reference that cannot be read, or has no value for that epoch,
+    falls back to the phase I comparison, and the recorded reason says so.
+
     Raises:
         ValueError: naming the field, for a negative or non-finite value.
     """
@@ -92,6 +105,7 @@ class PhaseSchedule:
     batch_shaping_phases: tuple = (1, 2, 3)
     energy_warmup_epochs: int = 0
     reinforce_temperature: float = 1.0
+    restore_reference: str = None
 
     def __post_init__(self):
         for name in ("reinforce_phases", "batch_shaping_phases"):
@@ -132,6 +146,13 @@ class PhaseSchedule:
             raise ValueError(
                 f"PhaseSchedule.cosine_start_epoch must be below cosine_epochs={self.cosine_epochs}; "
                 f"received: {self.cosine_start_epoch}")
+        if self.restore_reference is not None:
+            if not isinstance(self.restore_reference, str) or not self.restore_reference:
+                raise ValueError("PhaseSchedule.restore_reference must be a baseline run directory or metrics.json "
+                                 f"path (or None); received: {self.restore_reference!r}")
+            if not self.cosine_epochs:
+                raise ValueError("PhaseSchedule.restore_reference is for one decay (cosine_epochs > 0); received "
+                                 f"{self.restore_reference!r} with cosine_epochs=0")
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
             raise ValueError(
                 f"PhaseSchedule.target_accuracy must be in (0, 1] or None; received: {self.target_accuracy!r}"

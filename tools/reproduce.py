@@ -49,7 +49,8 @@ class Preset:
         depth: CIFAR ResNet depth of both arms.
         epochs: training epochs of each arm (EnergyNet's include its warm-up).
         branch_epoch: EnergyNet's gate warm-up: it starts from the baseline's
-            checkpoint of this epoch.
+            checkpoint of this epoch; 0: EnergyNet trains from scratch on the
+            whole budget (its warm-up is `gate_warmup_epochs` of phase I).
         phase1_epochs, phase2_epochs, phase3_epochs: EnergyNet's gated epochs
             after the warm-up (phase III runs only if phase II lost accuracy);
             they add up to `epochs - branch_epoch`.
@@ -93,6 +94,17 @@ class Preset:
         distill_weight, distill_temperature: EnergyNet distilled from the
             baseline's branch-epoch checkpoint (its own weights; 0: off).
         gate_units: width of EnergyNet's gate projections and LSTM (the paper's 10).
+        gate_warmup_epochs: EnergyNet's first epochs of phase I with every
+            block running and the gates frozen (`--gate_warmup_epochs`).
+        inplace_distill, inplace_temperature: None: off; W in [0, 1]: the
+            full path trained on the labels in every step and the gated path
+            on `W * T^2 * KL(full || gated) + (1 - W) * CE` (`--inplace_distill`).
+        drop_blocks: stochastic depth in EnergyNet's gate warm-up (`--drop_blocks`).
+
+    With `lr_restarts` false (one decay) EnergyNet's phase III test compares
+    phase II with the baseline's validation accuracy at the same epoch of the
+    decay, and a phase II that kept it goes on to the end of the budget
+    (`--restore_reference`, `schedule.PhaseSchedule`).
     """
 
     depth: int
@@ -135,11 +147,15 @@ class Preset:
     distill_weight: float = 0.0
     distill_temperature: float = 4.0
     gate_units: int = 10
+    gate_warmup_epochs: int = 0
+    inplace_distill: float = None
+    inplace_temperature: float = 1.0
+    drop_blocks: float = 0.0
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in ("max_train_examples", "phase3_gate_lr_multiplier") and value is None:
+            if f.name in ("max_train_examples", "phase3_gate_lr_multiplier", "inplace_distill") and value is None:
                 continue
             if f.type is bool:
                 if not isinstance(value, bool):
@@ -175,9 +191,21 @@ class Preset:
                 raise UsageError(f"preset field {f.name} must be an int >= 0; received: {value!r}")
             if f.type is float and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
                 raise UsageError(f"preset field {f.name} must be a number >= 0; received: {value!r}")
-        if not 1 <= self.branch_epoch < self.epochs:
+        if not 0 <= self.branch_epoch < self.epochs:
             raise UsageError(
-                f"preset field branch_epoch must be in [1, epochs={self.epochs}); received: {self.branch_epoch}")
+                f"preset field branch_epoch must be in [0, epochs={self.epochs}); received: {self.branch_epoch}")
+        if self.branch_epoch == 0 and self.distill_weight:
+            raise UsageError("preset field distill_weight must be 0 with branch_epoch=0 (its teacher is the "
+                             "baseline's branch-epoch checkpoint)")
+        if self.inplace_distill is not None and not 0 <= self.inplace_distill <= 1:
+            raise UsageError(f"preset field inplace_distill must be in [0, 1] (or none: off); received: "
+                             f"{self.inplace_distill!r}")
+        if self.inplace_temperature <= 0:
+            raise UsageError(f"preset field inplace_temperature must be > 0; received: {self.inplace_temperature!r}")
+        if not self.drop_blocks < 1:
+            raise UsageError(f"preset field drop_blocks must be in [0, 1); received: {self.drop_blocks!r}")
+        if self.drop_blocks and not self.gate_warmup_epochs:
+            raise UsageError("preset field drop_blocks needs gate_warmup_epochs > 0 (it applies in the warm-up only)")
         gated = self.phase1_epochs + self.phase2_epochs + self.phase3_epochs
         if gated != self.epochs - self.branch_epoch:
             raise UsageError(
@@ -189,12 +217,13 @@ class Preset:
     def baseline_flags(self):
         return self._common_flags() + [
             "--baseline", f"--phase1_epochs={self.epochs}", f"--lr1={self.lr}",
-            f"--pin_checkpoints={self.branch_epoch}",
+            # Epoch 1 too: an arm that branches there can reuse this baseline (--reuse_baseline).
+            f"--pin_checkpoints={','.join(str(e) for e in sorted({1, self.branch_epoch} - {0}))}",
         ]
 
-    def energynet_flags(self, branch_checkpoint):
-        return self._common_flags() + [
-            f"--init_from={branch_checkpoint}",
+    def energynet_flags(self, branch_checkpoint, baseline_dir=None):
+        """The trainer's flags of the EnergyNet arm (`branch_checkpoint`: None with branch_epoch 0)."""
+        return self._common_flags() + ([f"--init_from={branch_checkpoint}"] if self.branch_epoch else []) + [
             f"--phase1_epochs={self.phase1_epochs}", f"--phase2_epochs={self.phase2_epochs}",
             f"--phase3_epochs={self.phase3_epochs}",
             f"--alpha1={self.alpha1}", f"--alpha2={self.alpha2}", f"--alpha3={self.alpha3}",
@@ -217,7 +246,12 @@ class Preset:
             [] if self.phase3_gate_lr_multiplier is None
              else [f"--phase3_gate_lr_multiplier={self.phase3_gate_lr_multiplier}"]) + (
             [f"--distill_weight={self.distill_weight}", f"--distill_temperature={self.distill_temperature}"]
-            if self.distill_weight else []) + ([f"--gate_units={self.gate_units}"] if self.gate_units != 10 else [])
+            if self.distill_weight else []) + ([f"--gate_units={self.gate_units}"] if self.gate_units != 10 else []) + (
+            [f"--gate_warmup_epochs={self.gate_warmup_epochs}"] if self.gate_warmup_epochs else []) + (
+            [f"--inplace_distill={self.inplace_distill}", f"--inplace_temperature={self.inplace_temperature}"]
+            if self.inplace_distill is not None else []) + (
+            [f"--drop_blocks={self.drop_blocks}"] if self.drop_blocks else []) + (
+            [f"--restore_reference={baseline_dir}"] if baseline_dir and not self.lr_restarts else [])
 
     def _common_flags(self):
         out = [
@@ -270,7 +304,8 @@ def parse_overrides(preset, text):
             raise UsageError(f"--set: {item!r} is not key=value with a key from {sorted(fields)}")
         kind = fields[key].type
         try:
-            if key in ("max_train_examples", "phase3_gate_lr_multiplier") and value.lower() in ("none", ""):
+            if key in ("max_train_examples", "phase3_gate_lr_multiplier", "inplace_distill") \
+                    and value.lower() in ("none", ""):
                 changes[key] = None
             elif kind is bool:
                 if value.lower() not in ("true", "false", "1", "0"):
@@ -794,13 +829,15 @@ def reproduce_one(preset, out, data_dir, command, ship_dir=None, static_depths=(
     baseline = runs.run_trainer("baseline", baseline_dir, [f"--data_dir={data_dir}", *preset.baseline_flags()],
                                 os.path.join(out, "baseline.log"))
     branch = os.path.join(baseline_dir, "checkpoints", f"epoch-{preset.branch_epoch:04d}.keras")
-    if not os.path.exists(branch) and not os.path.exists(os.path.join(out, "energynet", "metrics.json")):
+    if preset.branch_epoch == 0:
+        branch = None
+    elif not os.path.exists(branch) and not os.path.exists(os.path.join(out, "energynet", "metrics.json")):
         raise UsageError(f"the baseline's checkpoint of epoch {preset.branch_epoch} is missing ({branch}); "
                          "rerun the baseline in a new --out")
     print(f"[reproduce] 2/3 EnergyNet: from the baseline's epoch {preset.branch_epoch}, then "
           f"{preset.epochs - preset.branch_epoch} gated epochs at most", flush=True)
     energynet = runs.run_trainer("energynet", os.path.join(out, "energynet"),
-                                 [f"--data_dir={data_dir}", *preset.energynet_flags(branch)],
+                                 [f"--data_dir={data_dir}", *preset.energynet_flags(branch, baseline_dir)],
                                  os.path.join(out, "energynet.log"))
     static = None
     if static_depths:

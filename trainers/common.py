@@ -83,6 +83,10 @@ def define_flags(default_depth, default_batch_size=128):
     flags.DEFINE_enum("mixed_precision", "float32", ["float32", "bfloat16", "float16"], "The backbone's compute dtype: float32, or Keras' mixed_bfloat16 / mixed_float16 policy (variables, gates, energy and loss stay float32; float16 scales the loss). Recorded in config.json; a run resumes only with the precision it started with.")
     flags.DEFINE_float("distill_weight", 0.0, "With --init_from: the training loss adds this weight times T^2 KL(teacher || network) at temperature --distill_temperature, the teacher being the --init_from model (the network's own weights at the branch epoch, every block running): no extra data or epochs, one extra forward pass per step. 0: off.")
     flags.DEFINE_float("distill_temperature", 4.0, "The temperature T of --distill_weight.")
+    flags.DEFINE_string("restore_reference", None, "With --cosine_epochs (one decay): a baseline run directory (or its metrics.json) of the same decay; the phase III test compares phase II's validation accuracy with the baseline's at the same epoch, and a phase II that kept it goes on at alpha2 to the end of the budget (read when the test is made; energynet_tf.schedule.PhaseSchedule).")
+    flags.DEFINE_float("inplace_distill", None, "In-place distillation from the full path, W in [0, 1] (unset: off): every training step also runs every block (the full path, trained on the labels) and trains the gated path on W * T^2 * KL(full || gated) + (1 - W) * CE, the full path's logits detached, in one optimizer step (about 2x the step's cost).")
+    flags.DEFINE_float("inplace_temperature", 1.0, "The temperature T of --inplace_distill (Adaptive Depth Networks use 1).")
+    flags.DEFINE_float("drop_blocks", 0.0, "Stochastic depth in the gate warm-up, P in [0, 1): each gated block is skipped at random per image while the gates are forced open (--gate_warmup_epochs), survival falling linearly with depth to 1 - P at the last gated block; never at inference. 0: off.")
     flags.DEFINE_boolean("check_only", False, "Check the flags, the run directory and the data, then exit 0 without writing anything.")
 
 
@@ -201,6 +205,7 @@ def check_run_dir(config):
 def build_model(config, num_classes, image_shape):
     """Builds the run's `EnergyNet` from its resolved configuration."""
     from energynet_tf.model import EnergyNet
+    from energynet_tf.terms import InplaceDistillation
 
     return EnergyNet(
         depth=config.depth,
@@ -221,6 +226,9 @@ def build_model(config, num_classes, image_shape):
         batch_shaping_prior=config.batch_shaping_prior,
         gate_losses=(("reinforce",) if config.schedule.reinforce_phases else ())
         + (("batch_shaping",) if config.schedule.batch_shaping_weight > 0 else ()),
+        loss_terms=[] if config.inplace_distill is None else [
+            InplaceDistillation(config.inplace_distill, config.inplace_temperature)],
+        drop_blocks=config.drop_blocks,
         dtype=None if config.mixed_precision == "float32" else f"mixed_{config.mixed_precision}",
     )
 

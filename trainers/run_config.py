@@ -76,6 +76,13 @@ class RunConfig:
         distill_weight, distill_temperature: > 0: the training loss adds
             this weight times the tempered KL to the `init_from` model's
             logits (`EnergyNet.set_teacher`); 0: off.
+        inplace_distill, inplace_temperature: None: off; W in [0, 1]: every
+            training step also runs the full path (every block), trained on
+            the labels, and teaches the gated path by `W * T^2 * KL(full ||
+            gated) + (1 - W) * CE` (`terms.InplaceDistillation`).
+        drop_blocks: P in [0, 1): in the gate warm-up each gated block is
+            skipped at random per image, survival falling linearly to 1 - P
+            at the last block (`EnergyNet`'s `drop_blocks`); 0: off.
 
     Raises:
         ValueError: naming the field, what was expected and what was received.
@@ -116,6 +123,9 @@ class RunConfig:
     mixed_precision: str = "float32"
     distill_weight: float = 0.0
     distill_temperature: float = 4.0
+    inplace_distill: Optional[float] = None
+    inplace_temperature: float = 1.0
+    drop_blocks: float = 0.0
 
     def __post_init__(self):
         def fail(name, expected):
@@ -166,6 +176,19 @@ class RunConfig:
             fail("distill_temperature", "a finite number > 0")
         if self.distill_weight > 0 and not self.init_from:
             fail("distill_weight", "0 without init_from (the teacher is the init_from model)")
+        if self.inplace_distill is not None:
+            if not _is_number(self.inplace_distill) or not 0 <= self.inplace_distill <= 1:
+                fail("inplace_distill", "a number in [0, 1] (or unset: off)")
+            if self.baseline:
+                fail("inplace_distill", "unset for a baseline (with no gates the full path is the only path)")
+        if not _is_number(self.inplace_temperature) or self.inplace_temperature <= 0:
+            fail("inplace_temperature", "a finite number > 0")
+        if not _is_number(self.drop_blocks) or not 0 <= self.drop_blocks < 1:
+            fail("drop_blocks", "a number in [0, 1)")
+        if self.drop_blocks > 0 and self.baseline:
+            fail("drop_blocks", "0 for a baseline (it drops blocks in the gate warm-up of a gated network)")
+        if self.drop_blocks > 0 and self.schedule.gate_warmup_epochs == 0:
+            fail("drop_blocks", "0 without a gate warm-up (--gate_warmup_epochs > 0): it applies only there")
         if not isinstance(self.pin_checkpoints, tuple) or any(not _is_int(e) or e < 1 for e in self.pin_checkpoints):
             fail("pin_checkpoints", "a tuple of epochs >= 1")
         if not isinstance(self.removed_blocks, tuple) or any(not _is_int(b) or b < 1 for b in self.removed_blocks):
@@ -226,8 +249,10 @@ class RunConfig:
                 continue
             mine, theirs = getattr(self, f.name), getattr(other, f.name)
             if dataclasses.is_dataclass(mine):
+                # Where the phase III reference lies is not what the run is (a hard-linked copy is the same).
                 out += [(f"{f.name}.{g.name}", getattr(mine, g.name), getattr(theirs, g.name))
-                        for g in dataclasses.fields(mine) if getattr(mine, g.name) != getattr(theirs, g.name)]
+                        for g in dataclasses.fields(mine) if getattr(mine, g.name) != getattr(theirs, g.name)
+                        and g.name != "restore_reference"]
             elif mine != theirs:
                 out.append((f.name, mine, theirs))
         return out
