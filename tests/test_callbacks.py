@@ -301,3 +301,60 @@ def test_energy_warmup_holds_alpha_at_zero_in_the_first_epochs_of_phase1():
                                verbose=False)
     seen, _ = _drive(cb, [0.5] * 6)
     assert [a for _, a in seen[:4]] == [0.0, 0.0, 0.1, 0.9]
+
+
+# -- the phase III test under one decay ------------------------------------------------------------
+
+def _one_decay(tmp_path, baseline_curve, **kwargs):
+    import json
+
+    run = tmp_path / "baseline"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"history": [{"val_accuracy": a} for a in baseline_curve]}))
+    return _schedule(phase1_epochs=2, phase2_epochs=2, phase3_epochs=2, cosine_epochs=6, lr1=0.1,
+                     restore_reference=str(run), **kwargs)
+
+
+def test_one_decay_runs_phase3_when_phase2_is_below_the_baseline_at_the_same_epoch(tmp_path):
+    # Phase II ends at epoch 4 of the decay: 0.85 there against the baseline's 0.88 there (not phase I's 0.80).
+    schedule = _one_decay(tmp_path, [0.5, 0.7, 0.8, 0.88, 0.9, 0.91])
+    cb = callbacks.AlphaPhases(schedule, steps_per_epoch=2, verbose=False)
+    seen, model = _drive(cb, [0.70, 0.80, 0.84, 0.85, 0.86, 0.87, 0.0])
+    assert [phase for phase, _ in seen] == [1, 1, 2, 2, 3, 3]
+    assert "phase III ran" in cb.phase3_reason and "3.00 points below the baseline at epoch 4" in cb.phase3_reason
+    assert [p["epochs"] for p in cb.phases] == [2, 2, 2] and model.stop_training
+
+
+def test_one_decay_goes_on_in_phase2_to_the_end_of_the_budget_when_it_kept_the_baselines_accuracy(tmp_path):
+    schedule = _one_decay(tmp_path, [0.5, 0.7, 0.8, 0.85, 0.9, 0.91])
+    cb = callbacks.AlphaPhases(schedule, steps_per_epoch=2, verbose=False)
+    seen, model = _drive(cb, [0.70, 0.80, 0.84, 0.8495, 0.86, 0.87, 0.0])
+    # Every epoch of the budget runs, at alpha2 after phase I: the learning rate reaches 0 at the last.
+    assert seen == [(1, 0.1), (1, 0.1), (2, 0.9), (2, 0.9), (2, 0.9), (2, 0.9)]
+    assert "phase III did not run" in cb.phase3_reason and "goes on at alpha2 for the 2 epochs left" in cb.phase3_reason
+    assert [(p["phase"], p["epochs"]) for p in cb.phases] == [(1, 2), (2, 4)]
+    assert cb.phases[1]["val_accuracy"] == pytest.approx(0.87) and model.stop_training
+    assert schedule.learning_rate(2, 3.999, 5.999) < 1e-6
+
+
+def test_one_decay_state_round_trips_inside_the_extended_phase2(tmp_path):
+    schedule = _one_decay(tmp_path, [0.5, 0.7, 0.8, 0.85, 0.9, 0.91])
+    cb = callbacks.AlphaPhases(schedule, steps_per_epoch=2, verbose=False)
+    _drive(cb, [0.70, 0.80, 0.84, 0.8495])
+    resumed = callbacks.AlphaPhases(schedule, steps_per_epoch=2, verbose=False)
+    resumed.set_state(cb.get_state())
+    assert resumed.phase == 2 and resumed.phase2_extended
+
+
+def test_one_decay_without_a_readable_reference_compares_with_phase1_and_says_why(tmp_path):
+    schedule = _schedule(phase1_epochs=2, phase2_epochs=2, phase3_epochs=2, cosine_epochs=6,
+                         restore_reference=str(tmp_path / "missing"))
+    cb = callbacks.AlphaPhases(schedule, steps_per_epoch=2, verbose=False)
+    seen, _ = _drive(cb, [0.70, 0.80, 0.84, 0.85, 0.86, 0.87])
+    assert len(seen) == 6  # still the whole budget
+    assert "below phase I" in cb.phase3_reason and "gave no val_accuracy at epoch 4" in cb.phase3_reason
+
+
+def test_a_reference_needs_one_decay():
+    with pytest.raises(ValueError, match="restore_reference is for one decay"):
+        _schedule(restore_reference="runs/baseline")

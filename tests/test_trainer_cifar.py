@@ -152,6 +152,9 @@ def test_missing_data_fails_fast_and_writes_nothing(tmp_path):
     ("--reinforce_phases=4", "--reinforce_phases=4"),
     ("--batch_shaping_prior=0.5", "two positive numbers"),
     ("--batch_shaping_phases=one", "--batch_shaping_phases=one must be a comma-separated list"),
+    ("--inplace_distill=1.5", "--inplace_distill=1.5: RunConfig.inplace_distill must be a number in [0, 1]"),
+    ("--inplace_distill=0.5 --inplace_temperature=0", "--inplace_temperature=0.0"),
+    ("--gate_warmup_epochs=1 --drop_blocks=1", "--drop_blocks=1.0: RunConfig.drop_blocks must be a number in [0, 1)"),
 ])
 def test_bad_flags_exit_2_with_one_line(flag, needle, tmp_path, fake_data_dir):
     model_dir = tmp_path / "m"
