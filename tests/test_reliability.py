@@ -148,6 +148,38 @@ def test_a_kill_inside_the_reinforcement_stage_resumes_to_the_same_metrics(fake_
     assert _metrics(model_dir) == metrics
 
 
+def _new_modes(tmp_path):
+    """The paths-worth-choosing modes at once: from scratch on one decay with its phase III reference,
+    stochastic depth in the gate warm-up and in-place distillation."""
+    reference = tmp_path / "baseline_metrics.json"
+    reference.write_text(json.dumps({"history": [{"val_accuracy": a} for a in (0.0, 0.0, 0.0, 0.0, 0.0)]}))
+    return ("--phase1_epochs=2", "--phase2_epochs=2", "--phase3_epochs=1", "--cosine_epochs=5",
+            "--gate_warmup_epochs=1", "--drop_blocks=0.5", "--inplace_distill=0.5", "--inplace_temperature=2",
+            f"--restore_reference={reference}")
+
+
+# One kill in CI (the warm-up: blocks dropped at random, in-place distillation on); both with -m slow (250 s
+# under load: the suite's budget).
+@pytest.mark.parametrize("kills", [("epoch-0000-step-000003",), pytest.param(
+    ("epoch-0000-step-000003", "epoch-0002-step-000003"), marks=pytest.mark.slow)])
+def test_kills_in_the_warm_up_and_in_phase2_of_the_new_modes_resume_to_the_same_metrics(
+        fake_data_dir, tmp_path, kills):
+    modes = _new_modes(tmp_path)
+    whole = tmp_path / "whole"
+    _run(_args(fake_data_dir, whole, *modes))
+    metrics = _metrics(whole)
+    assert metrics["epochs"] == 5 and "phase II goes on" in metrics["phase3_reason"]
+    model_dir = tmp_path / "run"
+    args = _args(fake_data_dir, model_dir, *modes, "--checkpoint_every_steps=3")
+    # Inside the warm-up (blocks dropped at random), then inside phase II (gates deciding).
+    for kill in kills:
+        _kill_when_written(args, model_dir / "checkpoints" / f"{kill}.json")
+    result = _run(args)
+    last = int(kills[-1].split("-")[1])
+    assert f"(epoch {last} + 3 steps" in result.stdout
+    assert _metrics(model_dir) == metrics
+
+
 @pytest.mark.slow  # 14 s; test_callbacks.py::test_nan_guard_stops_training checks the guard in CI
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(fake_data_dir, tmp_path):
     model_dir = str(tmp_path / "run")
