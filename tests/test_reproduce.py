@@ -94,8 +94,9 @@ def test_static_front_gap_per_image_fields_and_threshold_sweep(reproduction):
     assert [r["threshold"] for r in results["threshold_sweep"]] == [0.3, 0.5, 0.7]
     savings = [r["energy_savings"] for r in results["threshold_sweep"]]
     assert savings == sorted(savings)  # a higher threshold never runs more blocks
-    # The learned pattern: trained with the blocks skipped by most test images removed, or said why not.
-    removed = reproduce.learned_pattern(results["energynet"])
+    # The learned pattern: trained with the blocks skipped by most validation images removed, or said why not.
+    with open(os.path.join(out, "energynet", "metrics.json")) as f:
+        removed = reproduce.learned_pattern(json.load(f))
     if removed:
         assert results["learned_pattern"]["removed_blocks"] == removed
         with open(os.path.join(out, "pattern", "config.json")) as f:
@@ -109,9 +110,16 @@ def test_static_front_gap_per_image_fields_and_threshold_sweep(reproduction):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_learned_pattern_takes_the_blocks_most_images_skip():
-    assert reproduce.learned_pattern({"skip_ratio_per_block": [0.0, 0.51, 0.5, 1.0, 0.2]}) == [2, 4]
-    assert reproduce.learned_pattern({"skip_ratio_per_block": [0.0, 0.1]}) == []
+def _run_metrics(validation, test):
+    last = {f"val_skip_{i + 1:02d}": r for i, r in enumerate(validation)}
+    return {"skip_ratio_per_block": test, "history": [{}, dict(last, val_accuracy=0.5)]}
+
+
+def test_learned_pattern_takes_the_blocks_most_validation_images_skip_never_the_test_images():
+    assert reproduce.learned_pattern(_run_metrics([0.0, 0.51, 0.5, 1.0, 0.2], [0.0] * 5)) == [2, 4]
+    assert reproduce.learned_pattern(_run_metrics([0.0, 0.1], [1.0, 1.0])) == []
+    with pytest.raises(reproduce.UsageError, match="validation skip ratios"):
+        reproduce.learned_pattern({"skip_ratio_per_block": [1.0, 1.0], "history": [{"accuracy": 0.5}]})
 
 
 @pytest.mark.parametrize("depths, needle", [
@@ -332,3 +340,35 @@ def test_another_arm_reuses_a_finished_baseline_and_a_different_one_is_refused(r
                        f"--reuse_baseline={out}")
     assert refused.returncode == 2
     assert "is another baseline" in error_lines(refused)[0] and "seed" in error_lines(refused)[0]
+
+
+EARLY = ("branch_epoch=0,lr_restarts=false,gate_warmup_epochs=3,phase1_epochs=5,phase2_epochs=8,phase3_epochs=2,"
+         "inplace_distill=1,inplace_temperature=2,drop_blocks=0.5")
+
+
+def test_the_early_gating_mode_trains_from_scratch_on_one_decay_with_the_baseline_as_phase3_reference():
+    early = reproduce.parse_overrides(reproduce.PRESETS["cpu"], EARLY)
+    flags_ = early.energynet_flags(None, "runs/r/baseline")
+    assert not any(f.startswith("--init_from") for f in flags_)
+    assert {"--lr1=0.1", "--cosine_epochs=15", "--cosine_start_epoch=0", "--gate_warmup_epochs=3",
+            "--inplace_distill=1.0", "--inplace_temperature=2.0", "--drop_blocks=0.5",
+            "--restore_reference=runs/r/baseline"} <= set(flags_)
+    # Every arm gets the baseline's epochs; the baseline keeps epoch 1 for arms that branch there.
+    assert early.phase1_epochs + early.phase2_epochs + early.phase3_epochs == early.epochs
+    assert "--pin_checkpoints=1,7" in reproduce.PRESETS["cpu"].baseline_flags()
+    # The restarting recipe has no one-decay reference and none of the new flags.
+    default = reproduce.PRESETS["cpu"].energynet_flags("b.keras", "runs/r/baseline")
+    assert not any(f.startswith(("--restore_reference", "--inplace", "--drop_blocks", "--gate_warmup")) for f in default)
+
+
+@pytest.mark.parametrize("change, needle", [
+    ("inplace_distill=1.5", "inplace_distill must be in [0, 1]"),
+    ("inplace_distill=0.5,inplace_temperature=0", "inplace_temperature must be > 0"),
+    ("drop_blocks=1", "drop_blocks must be in [0, 1)"),
+    ("drop_blocks=0.5", "drop_blocks needs gate_warmup_epochs > 0"),
+    ("branch_epoch=0,phase1_epochs=8,distill_weight=0.5", "distill_weight must be 0 with branch_epoch=0"),
+])
+def test_bad_new_preset_fields_are_refused(change, needle):
+    with pytest.raises(reproduce.UsageError) as info:
+        reproduce.parse_overrides(reproduce.PRESETS["cpu"], change)
+    assert needle in str(info.value)

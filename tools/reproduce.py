@@ -710,7 +710,7 @@ def _define_flags():
     flags.DEFINE_integer("speed_steps", 20, "Timed training steps per round and arm.")
     flags.DEFINE_string("ship_dir", None, "Also write both models without optimizer state, with SHA256SUMS and a README, here (e.g. models).")
     flags.DEFINE_list("static_depths", [], "Also train the plain ResNets of these depths (6n+2, shallower than the preset's) on the baseline's budget in O/static/depth-<N>/ (tools.static_front), draw them as a line in accuracy_vs_energy.png and report static_gap_points: EnergyNet's test accuracy minus the static front's at EnergyNet's energy (e.g. 14,20,26,32).")
-    flags.DEFINE_boolean("learned_pattern", False, "Also train, from scratch on the baseline's budget, the plain network without the blocks EnergyNet skips for more than half of the test images (O/pattern/): does the pattern the gates found beat a uniform shallower ResNet of the same energy?")
+    flags.DEFINE_boolean("learned_pattern", False, "Also train, from scratch on the baseline's budget, the plain network without the blocks EnergyNet skips for more than half of the validation images (O/pattern/): does the pattern the gates found beat a uniform shallower ResNet of the same energy?")
     flags.DEFINE_string("reuse_baseline", None, "Another reproduction's --out whose finished baseline (same depth, budget, seed and data) this one reuses, hard-linked instead of retrained (with --seeds: each seed-<N>/baseline). For ablations: every EnergyNet arm from one baseline.")
     flags.DEFINE_list("thresholds", [], "Gate thresholds of EnergyNet's operating-point sweep on the validation split (default 0.05, 0.10, ..., 0.95).")
     flags.DEFINE_list("seeds", [], "Run the reproduction once per seed in O/seed-<N>/ and write the seed spread of both arms to O/seeds.json and O/seeds.md (the preset's seed is replaced).")
@@ -899,8 +899,25 @@ def parse_static_depths(values, preset):
 
 
 def learned_pattern(energynet, majority=0.5):
-    """The gated blocks (from 1) EnergyNet skips for more than `majority` of the test images."""
-    return [i + 1 for i, r in enumerate(energynet["skip_ratio_per_block"]) if r > majority]
+    """The gated blocks (from 1) EnergyNet skips for more than `majority` of the validation images.
+
+    Read from the last epoch's validation skip ratios (`val_skip_NN` of the
+    run's history: the final weights on the held-out images), never from the
+    test images: the control is chosen without the test set.
+
+    Raises:
+        UsageError: if the run has no validation skip ratios (trained with
+            `validation_examples=0`).
+    """
+    from energynet_tf import metrics as metrics_lib
+
+    last = (energynet.get("history") or [{}])[-1]
+    num_gates = len(energynet["skip_ratio_per_block"])
+    keys = ["val_" + metrics_lib.skip_key(i) for i in range(num_gates)]
+    if not all(k in last for k in keys):
+        raise UsageError("--learned_pattern reads the skip pattern on the validation images, and EnergyNet's run "
+                         "has no validation skip ratios (validation_examples=0?)")
+    return [i + 1 for i, k in enumerate(keys) if last[k] > majority]
 
 
 def static_front_points(baseline, static):
