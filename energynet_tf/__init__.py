@@ -8,6 +8,9 @@ importing Keras starts TensorFlow (seconds, and start-up lines on stderr),
 which the TensorFlow-free tools (the SCALE-Sim-compatible cost estimator, the
 command-line error paths) must not pay for. So: if Keras is already imported,
 the objects are registered now; otherwise right after Keras's first import.
+`ConvertedEnergyNet` (`convert.py`, a subclass of `EnergyNet`) is imported
+right after `model.py` has finished executing, however that import began, so
+that `model` never imports `convert` (the two depend one way).
 """
 
 import importlib.abc
@@ -19,8 +22,11 @@ __version__ = "0.1.0"
 
 def register_keras_objects():
     """Registers the package's Keras classes (imports TensorFlow and Keras)."""
-    # (`model` imports `convert` at its end: `ConvertedEnergyNet` is registered with it.)
-    from energynet_tf import model  # noqa: F401  (imports blocks, gates, metrics, convert)
+    model = sys.modules.get("energynet_tf.model")
+    if model is not None and not hasattr(model, "EnergyNet"):
+        return  # model.py is importing Keras right now; `_ConvertAfterModel` completes it
+    from energynet_tf import model  # noqa: F401,F811  (imports blocks, gates, metrics, terms)
+    from energynet_tf import convert  # noqa: F401  (ConvertedEnergyNet)
 
 
 def __getattr__(name):
@@ -32,22 +38,27 @@ def __getattr__(name):
     raise AttributeError(f"module 'energynet_tf' has no attribute {name!r}")
 
 
-class _RegisterAfterKeras(importlib.abc.MetaPathFinder):
-    """Runs `register_keras_objects` once `keras` has finished importing.
+class _RunAfterImport(importlib.abc.MetaPathFinder):
+    """Runs `then()` once the module `target` has finished executing.
 
-    It stays on `sys.meta_path` until Keras is actually executed: a mere
+    It stays on `sys.meta_path` until the module is actually executed: a mere
     `importlib.util.find_spec("keras")` (an "is it installed?" check, as some
     libraries make) must not use it up.
     """
 
+    target = None
     _searching = False
 
+    @staticmethod
+    def then():
+        raise NotImplementedError
+
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "keras" or self._searching:
+        if fullname != self.target or self._searching:
             return None
         self._searching = True
         try:
-            spec = importlib.util.find_spec("keras")
+            spec = importlib.util.find_spec(fullname)
         finally:
             self._searching = False
         if spec is None or spec.loader is None:
@@ -60,11 +71,25 @@ class _RegisterAfterKeras(importlib.abc.MetaPathFinder):
             original(module)
             if finder in sys.meta_path:
                 sys.meta_path.remove(finder)
-            register_keras_objects()
+            finder.then()
 
         # Wrap this one spec's loader call only.
         spec.loader = _Loader(loader, exec_module)
         return spec
+
+
+class _RegisterAfterKeras(_RunAfterImport):
+    """Registers the Keras classes after Keras's first import."""
+
+    target = "keras"
+    then = staticmethod(lambda: register_keras_objects())
+
+
+class _ConvertAfterModel(_RunAfterImport):
+    """Imports `convert` (registering `ConvertedEnergyNet`) after `model.py` has executed."""
+
+    target = "energynet_tf.model"
+    then = staticmethod(lambda: importlib.import_module("energynet_tf.convert"))
 
 
 class _Loader(importlib.abc.Loader):
@@ -82,6 +107,8 @@ class _Loader(importlib.abc.Loader):
         return getattr(self._loader, name)
 
 
+if "energynet_tf.model" not in sys.modules and not any(isinstance(f, _ConvertAfterModel) for f in sys.meta_path):
+    sys.meta_path.insert(0, _ConvertAfterModel())
 if "keras" in sys.modules:
     register_keras_objects()
 elif not any(isinstance(f, _RegisterAfterKeras) for f in sys.meta_path):

@@ -770,7 +770,3 @@ class EnergyNet(keras.Model):
         )
         return config
 
-
-# Registers `ConvertedEnergyNet` (`from_keras`'s models) whenever EnergyNet is: a saved
-# converted model loads after `import energynet_tf`. At the end: `convert` subclasses EnergyNet.
-from energynet_tf import convert  # noqa: E402,F401

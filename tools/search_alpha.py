@@ -48,7 +48,7 @@ from absl import flags
 
 from energynet_tf import cli
 from energynet_tf.cli import UsageError
-from tools import reproduce
+from tools import presets
 from tools import runs
 from tools import stats
 
@@ -71,7 +71,7 @@ def _define_flags():
     flags.DEFINE_list("gate_lr_multipliers", [], "Also search the gates' learning-rate multiplier over these values (empty: the preset's).")
     flags.DEFINE_float("accuracy_floor", None, "Report the trial that saves the most energy at validation accuracy >= this (a fraction).")
     flags.DEFINE_string("static_csv", None, "A tools.static_front static.csv to draw (default: O/static.csv if it exists).")
-    flags.DEFINE_enum("preset", "cpu", sorted(reproduce.PRESETS), "The recipe: a tools.reproduce preset.")
+    flags.DEFINE_enum("preset", "cpu", sorted(presets.PRESETS), "The recipe: a tools.reproduce preset.")
     flags.DEFINE_string("set", None, "Changes to the preset, key=value,... (as in tools.reproduce).")
     flags.DEFINE_integer("depth", None, "Network depth (default: the preset's).")
     flags.DEFINE_integer("epochs", None, "Total epoch budget of each trial, the baseline's included (default: the preset's).")
@@ -90,7 +90,7 @@ def recipe_from_flags():
     Raises:
         UsageError: for bad values (the preset's own checks).
     """
-    preset = reproduce.parse_overrides(reproduce.PRESETS[FLAGS.preset], FLAGS.set)
+    preset = presets.parse_overrides(presets.PRESETS[FLAGS.preset], FLAGS.set)
     changes = {name: getattr(FLAGS, name) for name in BUDGET_FLAGS if getattr(FLAGS, name) is not None}
     if "epochs" in changes or "branch_epoch" in changes:
         # A new budget: the phases fill what follows the branch unless given.
@@ -122,7 +122,7 @@ def make_hypermodel(recipe, alpha_min, alpha_max, grid_size=None, gate_lr_multip
         """EnergyNet's recipe with phase-II alpha (and optionally the gate LR) as hyperparameters.
 
         A trial is one run of the project's trainer, so `build(hp)` returns the
-        trial's recipe (a `tools.reproduce.Preset`), not an untrained Keras
+        trial's recipe (a `tools.presets.Preset`), not an untrained Keras
         model that nobody would train: the trainer builds and trains the
         network, with checkpoints a rerun resumes from.
         """

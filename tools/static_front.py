@@ -20,7 +20,7 @@ from absl import flags
 
 from energynet_tf import cli
 from energynet_tf.cli import UsageError
-from tools import reproduce
+from tools import presets
 from tools import runs
 
 FLAGS = flags.FLAGS
@@ -33,7 +33,7 @@ def _define_flags():
     flags.DEFINE_string("data_dir", None, "tfds directory holding cifar10/3.0.2 (or TFDS_DATA_DIR).")
     flags.DEFINE_string("out", None, "Output directory: one run directory per depth and static.csv.")
     flags.DEFINE_list("depths", ["8", "14", "20", "26", "32", "38"], "Depths of the plain ResNets.")
-    flags.DEFINE_enum("preset", "cpu", sorted(reproduce.PRESETS), "The budget: a tools.reproduce preset (its baseline arm).")
+    flags.DEFINE_enum("preset", "cpu", sorted(presets.PRESETS), "The budget: a tools.reproduce preset (its baseline arm).")
     flags.DEFINE_string("set", None, "Changes to the preset, key=value,... (as in tools.reproduce).")
     flags.DEFINE_boolean("echo", False, "Print the trainers' own progress lines too (they always go to O/logs/).")
 
@@ -108,7 +108,7 @@ def train_front(out, depths, preset, data_dir, echo=False, check_flags=True):
     Args:
         out: the front's directory (absolute).
         depths: sorted CIFAR ResNet depths.
-        preset: a `tools.reproduce.Preset` (its baseline arm's recipe; its depth is replaced).
+        preset: a `tools.presets.Preset` (its baseline arm's recipe; its depth is replaced).
         data_dir: the tfds directory (absolute).
         echo: print the trainers' own progress lines too.
         check_flags: check the trainer's flags once before the first run.
@@ -123,7 +123,7 @@ def train_front(out, depths, preset, data_dir, echo=False, check_flags=True):
     state_path = os.path.join(out, "static_state.json")
     config = {"preset": dataclasses.asdict(preset)}
     previous = runs.previous_config(state_path)
-    if previous is not None and reproduce._with_defaults(previous.get("preset")) != config["preset"]:
+    if previous is not None and presets.with_defaults(previous.get("preset")) != config["preset"]:
         raise UsageError(f"{out} holds a static front of another budget; use the same preset and --set, "
                          "or a new output directory")
     if previous is None and check_flags:
@@ -152,7 +152,7 @@ def main():
     if not FLAGS.out:
         raise UsageError("--out is required: the output directory (e.g. --out=runs/static)")
     depths = parse_depths(FLAGS.depths)
-    preset = reproduce.parse_overrides(reproduce.PRESETS[FLAGS.preset], FLAGS.set)
+    preset = presets.parse_overrides(presets.PRESETS[FLAGS.preset], FLAGS.set)
     data_dir = FLAGS.data_dir or os.environ.get("TFDS_DATA_DIR")
     if not data_dir:
         raise UsageError("--data_dir is required (or TFDS_DATA_DIR): the tfds directory holding cifar10/3.0.2")
