@@ -733,6 +733,7 @@ def main():
     if FLAGS.speed_rounds < 0 or FLAGS.speed_steps < 1:
         raise UsageError("--speed_rounds must be >= 0 and --speed_steps >= 1")
     preset = parse_overrides(PRESETS[FLAGS.preset], FLAGS.set)
+    cli.warn_precision(preset.mixed_precision)
     static_depths = parse_static_depths(FLAGS.static_depths, preset)
     from tools import evaluate
 

@@ -277,6 +277,10 @@ def run(config, make_model, make_data, top5=False, check_only=False):
     Returns:
         The metrics dict (None with `check_only`).
     """
+    from energynet_tf import cli
+
+    # Before TensorFlow starts, and with --check_only too: a user learns it before a long run.
+    cli.warn_precision(config.mixed_precision)
     import tensorflow as tf
 
     from energynet_tf import distribute
