@@ -4,7 +4,7 @@ import sys
 
 from absl import flags
 
-# Exit status of a program stopped by a full device (docs: BUILD.md, "Bad input").
+# Exit status of a program stopped by a full device (docs: docs/experiments/reliability.md, "Bad input").
 NO_SPACE_STATUS = 4
 from absl import logging
 

@@ -333,8 +333,8 @@ class EnergyNet(keras.Model):
         # (`backbone.network_plan`), which the energy table counts too.
         # The backbone takes the model's dtype policy (a mixed policy computes it in
         # float16/bfloat16 with float32 variables); the gate and the classifier
-        # stay float32: the decisions, the energy and the loss are float32 (BUILD.md,
-        # "Mixed precision").
+        # stay float32: the decisions, the energy and the loss are float32
+        # (docs/experiments/mixed-precision.md).
         policy = self.dtype_policy
         stem = self.plan.stem
         self.stem_conv = keras.layers.Conv2D(

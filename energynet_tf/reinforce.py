@@ -1,7 +1,7 @@
 """Training signals that reach each gate per image: REINFORCE (the authors' second stage) and batch-shaping.
 
 Straight-through gates trained on cross-entropy + alpha * energy learn a
-static pruning here (BUILD.md, "What the gates choose"): the gradient that
+static pruning here (docs/experiments/static-front.md): the gradient that
 reaches a gate is a batch-level push towards open or closed. Two remedies
 from the anchors, as pure functions the model's `train_step` calls:
 

@@ -35,7 +35,7 @@ class PhaseSchedule:
     own decay). The phases then change alpha and the gates' multiplier only;
     `lr2` and `lr3` are unused. The phase III test then compares phase I's
     validation accuracy, taken mid-decay, with phase II's, taken at a lower
-    learning rate (BUILD.md, "the no-restart arm").
+    learning rate (docs/experiments/cpu-preset.md, "the no-restart arm").
 
     The reinforcement stage: the phases listed in `reinforce_phases` (e.g.
     (2, 3)) train the gates by REINFORCE instead of straight-through

@@ -9,7 +9,7 @@ through the three alpha phases, every unit running in phase I (resumable: rerun 
 interruption), prints the test accuracy, energy savings and skip ratio of every
 gate, and exports the SavedModel and TFLite files with real skipping into
 `OUT/export`. Everything it measured is in `OUT/metrics.json` and
-`OUT/export/export.json`. BUILD.md ("Bring your own network") has a run's numbers.
+`OUT/export/export.json`. docs/experiments/from-keras.md has a run's numbers.
 """
 
 import json
@@ -63,7 +63,7 @@ def main(argv):
         phase1_epochs=FLAGS.phase1_epochs, phase2_epochs=FLAGS.phase2_epochs, phase3_epochs=FLAGS.phase3_epochs,
         alpha2=FLAGS.alpha2, lr1=FLAGS.lr, lr2=FLAGS.lr, lr3=FLAGS.lr / 10,
         # Every unit runs while the randomly initialised backbone learns its first epochs: gates that
-        # close before their units have learned anything keep them useless (BUILD.md, "Measured: training").
+        # close before their units have learned anything keep them useless (docs/experiments/cpu-preset.md, "Measured: training").
         gate_warmup_epochs=FLAGS.phase1_epochs)
     metrics = training.train_and_evaluate(model, data, FLAGS.out, recipe, FLAGS.batch_size,
                                           training.make_optimizer(), top5=True)

@@ -238,7 +238,7 @@ class Preset:
 
 
 PRESETS = {
-    # Chosen in BUILD.md, "Reproduction": the most faithful comparison that
+    # Chosen in docs/experiments/cpu-preset.md: the most faithful comparison that
     # fits 150 minutes here.
     "cpu": Preset(depth=38, epochs=15, branch_epoch=7, phase1_epochs=1, phase2_epochs=5, phase3_epochs=2,
                   alpha2=1.25, lr1=0.055, lr2=0.055, lr3=0.01, gate_lr_multiplier=10.0),

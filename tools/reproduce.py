@@ -13,7 +13,7 @@ Both are evaluated on the whole test split. Writes `O/results.json`,
 `O/baseline/` and `O/energynet/` (each a normal trainer run directory). Rerun
 the same command to resume after an interruption; finished runs are not rerun.
 
-Presets (BUILD.md, "Reproduction", says why): `cpu` fits 150 minutes on a
+Presets (docs/experiments/cpu-preset.md, says why): `cpu` fits 150 minutes on a
 2-core CPU; `paper` is the paper's ResNet-38 budget (160/40/20 epochs), for a
 GPU machine. `--set=key=value,...` changes preset fields (a shorter
 configuration, other seeds); unknown keys are refused.

@@ -2,7 +2,7 @@
 
     python -m trainers.cifar --data_dir=../shared/data/tensorflow_datasets --model_dir=runs/energynet38
 
-See README.md and BUILD.md for the defaults and how they were chosen.
+See README.md and docs/experiments/cpu-preset.md for the defaults and how they were chosen.
 """
 
 from absl import app
