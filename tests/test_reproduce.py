@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from tools import presets
 from tools import reproduce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -267,9 +268,10 @@ def test_stored_configurations_without_newer_fields_still_match():
 
     stored = dataclasses.asdict(reproduce.PRESETS["cpu"])
     for added in ("zero_init_residual", "decoupled_weight_decay", "phase3_gate_lr_multiplier", "lr_restarts",
-                  "mixed_precision", "distill_weight", "distill_temperature", "gate_units", "batch_shaping_prior"):
+                  "mixed_precision", "distill_weight", "distill_temperature", "gate_units", "batch_shaping_prior",
+                  "gate_warmup_epochs", "inplace_distill", "inplace_temperature", "drop_blocks"):
         del stored[added]
-    assert reproduce._with_defaults(stored) == dataclasses.asdict(reproduce.PRESETS["cpu"])
+    assert presets.with_defaults(stored) == dataclasses.asdict(reproduce.PRESETS["cpu"])
 
 
 def test_seeds_reuse_finished_reproductions_and_write_the_spread(reproduction, fake_data_dir, tmp_path):

@@ -152,7 +152,8 @@ def test_distill_weight_makes_the_init_from_model_the_teacher(tmp_path):
     teacher = common.attach_teacher(gated, config)
     x = np.random.default_rng(3).normal(size=(2, 32, 32, 3)).astype("float32")
     np.testing.assert_array_equal(teacher(x).numpy(), baseline(x).numpy())
-    assert gated._teacher[1:] == (0.5, 2.0) and not teacher.trainable
+    term = gated.loss_terms[-1]
+    assert (term.weight, term.temperature) == (0.5, 2.0) and term.teacher is teacher and not teacher.trainable
 
 
 def test_phase_lists_survive_config_json(tmp_path):
