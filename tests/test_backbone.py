@@ -79,7 +79,9 @@ def _owned_rows(model, calls):
     return rows
 
 
-@pytest.mark.parametrize("depth", backbone.SUPPORTED_DEPTHS)
+# The two deepest CIFAR nets (8-10 s each on a 2-core AVX2 host) with -m slow: the others check the same walk.
+@pytest.mark.parametrize("depth", [pytest.param(d, marks=pytest.mark.slow) if d in (74, 110) else d
+                                   for d in backbone.SUPPORTED_DEPTHS])
 def test_model_energy_table_and_serving_graph_agree_block_for_block(depth):
     """Every depth: the layers the model runs, the energy table's rows and the exported graph's layers are one walk."""
     import keras

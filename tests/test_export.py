@@ -185,6 +185,7 @@ def test_subnetwork_of_an_images_decisions_gives_its_logits(tmp_path):
         export_probes.convert_subnetwork_to_tflite(model, [1, 0])
 
 
+@pytest.mark.slow  # 15 s; the probes serve tools.bench_latency only (a benchmark), not the exports
 def test_overhead_probes_give_the_all_open_logits_with_gates_or_branches_only():
     from ai_edge_litert.interpreter import Interpreter
 
