@@ -24,7 +24,7 @@ def register_keras_objects():
     """Registers the package's Keras classes (imports TensorFlow and Keras)."""
     model = sys.modules.get("energynet_tf.model")
     if model is not None and not hasattr(model, "EnergyNet"):
-        return  # model.py is importing Keras right now; `_ConvertAfterModel` completes it
+        return  # model.py is importing Keras right now; the finder waiting for it imports convert after
     from energynet_tf import model  # noqa: F401,F811  (imports blocks, gates, metrics, terms)
     from energynet_tf import convert  # noqa: F401  (ConvertedEnergyNet)
 
@@ -44,14 +44,17 @@ class _RunAfterImport(importlib.abc.MetaPathFinder):
     It stays on `sys.meta_path` until the module is actually executed: a mere
     `importlib.util.find_spec("keras")` (an "is it installed?" check, as some
     libraries make) must not use it up.
+
+    Args:
+        target: the module's full name.
+        then: a function of no arguments.
     """
 
-    target = None
     _searching = False
 
-    @staticmethod
-    def then():
-        raise NotImplementedError
+    def __init__(self, target, then):
+        self.target = target
+        self.then = then
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname != self.target or self._searching:
@@ -78,20 +81,6 @@ class _RunAfterImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-class _RegisterAfterKeras(_RunAfterImport):
-    """Registers the Keras classes after Keras's first import."""
-
-    target = "keras"
-    then = staticmethod(lambda: register_keras_objects())
-
-
-class _ConvertAfterModel(_RunAfterImport):
-    """Imports `convert` (registering `ConvertedEnergyNet`) after `model.py` has executed."""
-
-    target = "energynet_tf.model"
-    then = staticmethod(lambda: importlib.import_module("energynet_tf.convert"))
-
-
 class _Loader(importlib.abc.Loader):
     def __init__(self, loader, exec_module):
         self._loader = loader
@@ -107,9 +96,15 @@ class _Loader(importlib.abc.Loader):
         return getattr(self._loader, name)
 
 
-if "energynet_tf.model" not in sys.modules and not any(isinstance(f, _ConvertAfterModel) for f in sys.meta_path):
-    sys.meta_path.insert(0, _ConvertAfterModel())
+def _waiting_for(target):
+    return any(isinstance(f, _RunAfterImport) and f.target == target for f in sys.meta_path)
+
+
+# `convert` (ConvertedEnergyNet subclasses EnergyNet) right after `model.py`, so that model need not import it.
+if "energynet_tf.model" not in sys.modules and not _waiting_for("energynet_tf.model"):
+    sys.meta_path.insert(0, _RunAfterImport("energynet_tf.model",
+                                            lambda: importlib.import_module("energynet_tf.convert")))
 if "keras" in sys.modules:
     register_keras_objects()
-elif not any(isinstance(f, _RegisterAfterKeras) for f in sys.meta_path):
-    sys.meta_path.insert(0, _RegisterAfterKeras())
+elif not _waiting_for("keras"):
+    sys.meta_path.insert(0, _RunAfterImport("keras", register_keras_objects))

@@ -14,6 +14,7 @@ Adding a signal is a class here (registered, with `get_config`) and a flag
 that appends it to the model's `loss_terms` (`trainers/common.py`).
 """
 
+import abc
 import dataclasses
 from typing import Any, Optional
 
@@ -63,7 +64,7 @@ def _check_number(name, value, low, high=None, low_open=False, high_open=False, 
     return float(value)
 
 
-class LossTerm:
+class LossTerm(abc.ABC):
     """One training signal: `term(model, step)` is a scalar the model adds to its loss.
 
     Attributes:
@@ -77,8 +78,9 @@ class LossTerm:
     needs_full_path = False
     serialised = True
 
+    @abc.abstractmethod
     def __call__(self, model, step):
-        raise NotImplementedError
+        """The term's scalar for `model` (an `EnergyNet`) and `step` (a `Step`), before the replica scaling."""
 
     def get_config(self):
         return {}
