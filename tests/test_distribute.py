@@ -20,11 +20,13 @@ from tools import runs
 
 SCRIPT = textwrap.dedent("""
     import json, os, numpy as np, keras, tensorflow as tf
-    EXTRA = json.loads(os.environ.get("ENERGYNET_TEST_MODEL_ARGS", "{}"))
+    # A list of model arguments, each run on one device and on two replicas
+    # ("inplace": the in-place distillation term's arguments).
+    CASES = json.loads(os.environ.get("ENERGYNET_TEST_MODEL_ARGS", "[{}]"))
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from energynet_tf.model import EnergyNet
-    from energynet_tf import training
+    from energynet_tf import terms, training
 
     rng = np.random.default_rng(0)
     half = rng.normal(size=(4, 32, 32, 3)).astype("float32")
@@ -33,56 +35,66 @@ SCRIPT = textwrap.dedent("""
     # equal the global ones and the two runs must agree.
     x, y = np.concatenate([half, half]), np.concatenate([labels, labels])
 
-    def run(strategy):
+    def run(strategy, extra):
+        extra = dict(extra)
+        if "inplace" in extra:
+            extra["loss_terms"] = [terms.InplaceDistillation(**extra.pop("inplace"))]
         with strategy.scope():
             keras.utils.set_random_seed(0)
-            model = EnergyNet(depth=8, alpha=0.9, **{"gate_bias_init": 0.2, **EXTRA})
+            model = EnergyNet(depth=8, alpha=0.9, **{"gate_bias_init": 0.2, **extra})
             training.compile_model(model, keras.optimizers.SGD(0.5))
         ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
         logs = model.fit(ds, epochs=1, verbose=0).history
         return model, {k: v[0] for k, v in logs.items()}
 
-    one, logs_one = run(tf.distribute.OneDeviceStrategy("/cpu:0"))
-    two, logs_two = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
-    diff = max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in zip(one.weights, two.weights))
-    print("MAXDIFF", diff)
-    print("OPTIMIZER", type(two.optimizer).__name__)
-    # A loss-scaled step with non-finite gradients is skipped: the inner optimizer did not count it.
-    print("APPLIED", int(getattr(two.optimizer, "inner_optimizer", two.optimizer).iterations.numpy()))
-    for key in ("loss", "cross_entropy", "expected_energy", "energy_savings", "mean_reward", "policy_entropy"):
-        print("LOG", key, logs_one[key], logs_two[key])
+    for case, extra in enumerate(CASES):
+        one, logs_one = run(tf.distribute.OneDeviceStrategy("/cpu:0"), extra)
+        two, logs_two = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), extra)
+        diff = max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in zip(one.weights, two.weights))
+        print(case, "MAXDIFF", diff)
+        print(case, "OPTIMIZER", type(two.optimizer).__name__)
+        # A loss-scaled step with non-finite gradients is skipped: the inner optimizer did not count it.
+        print(case, "APPLIED", int(getattr(two.optimizer, "inner_optimizer", two.optimizer).iterations.numpy()))
+        for key in ("loss", "cross_entropy", "expected_energy", "energy_savings", "mean_reward", "policy_entropy"):
+            print(case, "LOG", key, logs_one[key], logs_two[key])
 """)
 
 
-@pytest.mark.parametrize("model_args", [
-    {},
+@pytest.mark.parametrize("cases", [
+    # The plain step, and in-place distillation's (a second, full-path forward
+    # pass and its cross-entropy and KL, summed into the one step), in one process.
+    [{}, {"inplace": {"weight": 0.5, "temperature": 2.0}}],
     # The reinforcement stage (saturated open gates without exploration: duplicated
     # examples take the same path, so per-replica batch norm sees the global statistics).
-    pytest.param({"policy_weight": 0.5, "exploration": 0.0, "gate_bias_init": 30.0}, marks=pytest.mark.slow),
+    pytest.param([{"policy_weight": 0.5, "exploration": 0.0, "gate_bias_init": 30.0}], marks=pytest.mark.slow),
     # float16: the LossScaleOptimizer's scaled step, with its all-reduced finiteness check.
-    pytest.param({"dtype": "mixed_float16"}, marks=pytest.mark.slow),
+    pytest.param([{"dtype": "mixed_float16"}], marks=pytest.mark.slow),
 ])
-def test_mirrored_strategy_matches_one_device(model_args):
+def test_mirrored_strategy_matches_one_device(cases):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               ENERGYNET_TEST_MODEL_ARGS=json.dumps(model_args))
+               ENERGYNET_TEST_MODEL_ARGS=json.dumps(cases))
     result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    diff = float(next(l for l in lines if l.startswith("MAXDIFF")).split()[1])
-    # Same weights after one step: the cross-entropy (a Keras loss, already
-    # divided by the replicas) and the hand-made energy term are both scaled right.
-    float16 = model_args.get("dtype") == "mixed_float16"
-    assert ("OPTIMIZER LossScaleOptimizer" in result.stdout) == float16, result.stdout
-    assert "APPLIED 1" in lines, result.stdout
-    # float16 rounds at about 1e-3 of a value, and the two runs sum their batches
-    # in different orders; a wrong scale (of the replicas or the loss) is far larger.
-    tolerance = 2e-3 if float16 else 1e-5
-    assert diff < tolerance, result.stdout
-    for line in lines:
-        if line.startswith("LOG"):
-            _, key, a, b = line.split()
-            assert abs(float(a) - float(b)) <= tolerance * max(1.0, abs(float(a))), line
+    for case, model_args in enumerate(cases):
+        mine = [l.split(" ", 1)[1] for l in lines if l.startswith(f"{case} ")]
+        diff = float(next(l for l in mine if l.startswith("MAXDIFF")).split()[1])
+        # Same weights after one step: the cross-entropy (a Keras loss, already
+        # divided by the replicas) and the hand-made terms are all scaled right.
+        float16 = model_args.get("dtype") == "mixed_float16"
+        assert ("OPTIMIZER LossScaleOptimizer" in mine) == float16, result.stdout
+        assert "APPLIED 1" in mine, result.stdout
+        # float16 rounds at about 1e-3 of a value, and the two runs sum their batches
+        # in different orders; a wrong scale (of the replicas or the loss) is far larger.
+        tolerance = 2e-3 if float16 else 1e-5
+        assert diff < tolerance, (model_args, result.stdout)
+        for line in mine:
+            if line.startswith("LOG"):
+                _, key, a, b = line.split()
+                assert abs(float(a) - float(b)) <= tolerance * max(1.0, abs(float(a))), (model_args, line)
+    losses = [next(l for l in lines if l.startswith(f"{case} LOG loss ")) for case in range(len(cases))]
+    assert len(set(l.split()[3] for l in losses)) == len(cases), losses  # each case's step is its own
 
 
 LEAVE_ONE_OUT = textwrap.dedent("""
