@@ -105,6 +105,42 @@ def cpu_flags(path=None):
     return set()
 
 
+def cpu_description(path=None):
+    """The CPU a wall time was measured on, in one line: model, logical CPUs and its widest vector unit.
+
+    E.g. "AMD EPYC, 2 CPUs, avx2 (no avx512)". Wall times on 2-core AVX-512 and
+    AVX2-only hosts differ by about 2.4x, so every recorded one carries this.
+
+    Args:
+        path: the cpuinfo file (default: `$ENERGYNET_TF_CPUINFO`, else /proc/cpuinfo; tests stub it).
+
+    Returns:
+        The description, or "unknown CPU" where the file cannot be read.
+    """
+    import os
+
+    path = path or os.environ.get("ENERGYNET_TF_CPUINFO") or "/proc/cpuinfo"
+    model, processors = None, 0
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "processor":
+                    processors += 1
+                elif key.strip() == "model name" and model is None:
+                    model = value.strip()
+    except OSError:
+        return "unknown CPU"
+    flags = cpu_flags(path)
+    if "avx512f" in flags:
+        vector = "avx512" + (", avx512_bf16" if "avx512_bf16" in flags else "")
+    elif "avx2" in flags:
+        vector = "avx2 (no avx512)"
+    else:
+        vector = "no avx2"
+    return f"{model or 'unknown model'}, {processors or '?'} CPUs, {vector}"
+
+
 def precision_warning(precision, flags=None):
     """One line if `precision` is a slowdown on this CPU (bfloat16 without native support), else None.
 

@@ -79,6 +79,31 @@ def test_a_mean_over_fewer_seeds_than_the_arm_has_says_how_many():
     assert "| 1.00 ± 1.41 |" in next(line for line in text.splitlines() if line.startswith("| current | 2 |"))
 
 
+def test_choice_worth_wall_time_and_cpu_come_from_the_files_beside_the_results(tmp_path):
+    results = _results(0, 0.58, 0.5)
+    results["baseline"].update(wall_seconds=1500.0, epochs=15)
+    results["energynet"].update(wall_seconds=1600.0, epochs=8)
+    results["cpu"] = "AMD EPYC, 2 CPUs, avx2 (no avx512)"
+    directory = _write(tmp_path / "arm", {0: results})
+    seed_dir = os.path.join(directory, "seed-0")
+    for name, points in (("shuffle_control.json", 4.25), ("shuffle_control_within_class.json", 1.5)):
+        with open(os.path.join(seed_dir, name), "w") as f:
+            json.dump({"shuffle_control": {"decision_value_points": points}}, f)
+    row = ablation.build([("arm", ablation.load_arm(directory))])["arms"][0]["rows"][0]
+    assert row["choice_worth_points"] == 4.25 and row["choice_worth_within_class_points"] == 1.5
+    # 200 s per epoch against 100: twice the baseline's.
+    assert row["wall_seconds"] == 1600.0 and row["epoch_time_ratio"] == pytest.approx(2.0)
+    text = ablation.markdown(ablation.build([("arm", ablation.load_arm(directory))]), "cmd")
+    assert "| +4.25 | +1.50 | 1,600 s | 2.00x | AMD EPYC, 2 CPUs, avx2 (no avx512) |" in text
+    # Without the files and the times: n/a, not an error.
+    bare = ablation.build([("arm", {0: _results(0, 0.58, 0.5)})])["arms"][0]["rows"][0]
+    assert bare["choice_worth_points"] is None and bare["epoch_time_ratio"] is None and bare["cpu"] is None
+    with open(os.path.join(seed_dir, "shuffle_control.json"), "w") as f:
+        f.write("{}")
+    with pytest.raises(ablation.UsageError, match="is not a tools.evaluate --shuffle_control output"):
+        ablation.load_arm(directory)
+
+
 def test_bad_arms_are_refused(tmp_path):
     broken = tmp_path / "broken" / "seed-0"
     broken.mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""Tests of energynet_tf/cli.py: the bfloat16 warning on CPUs that emulate it."""
+"""Tests of energynet_tf/cli.py: the CPU a run says it ran on, and the bfloat16 warning on CPUs that emulate it."""
 
 import os
 import subprocess
@@ -18,6 +18,18 @@ def test_cpu_flags_read_the_first_flags_line(tmp_path):
     path.write_text(AVX2_ONLY)
     assert cli.cpu_flags(str(path)) == {"fpu", "sse2", "avx", "avx2", "fma"}
     assert cli.cpu_flags(str(tmp_path / "missing")) == set()
+
+
+@pytest.mark.parametrize("cpuinfo, described", [
+    ("model name\t: AMD EPYC\n" + AVX2_ONLY, "AMD EPYC, 2 CPUs, avx2 (no avx512)"),
+    ("model name\t: Xeon\n" + AVX512_BF16, "Xeon, 1 CPUs, avx512, avx512_bf16"),
+    ("processor\t: 0\nflags\t\t: fpu sse2\n", "unknown model, 1 CPUs, no avx2"),
+])
+def test_cpu_description_names_the_model_cpus_and_vector_unit(tmp_path, cpuinfo, described):
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo)
+    assert cli.cpu_description(str(path)) == described
+    assert cli.cpu_description(str(tmp_path / "missing")) == "unknown CPU"
 
 
 @pytest.mark.parametrize("precision, flags, warned", [

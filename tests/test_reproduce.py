@@ -59,6 +59,7 @@ def test_writes_results_table_and_figure(reproduction):
     assert isinstance(results["goal"]["met"], bool)
     assert len(results["training_step_time"]["step_time_ratio_per_round"]) == 1
     assert results["commit"]
+    assert "CPUs" in results["cpu"]  # the machine every wall time in it ran on
     markdown = open(os.path.join(out, "results.md")).read()
     assert "| baseline |" in markdown and "| EnergyNet |" in markdown and "Goal" in markdown
     with open(os.path.join(out, "accuracy_vs_energy.png"), "rb") as f:

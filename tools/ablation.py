@@ -6,7 +6,12 @@
 Each arm is a `tools.reproduce --out` directory, run with `--seeds` (its
 `seed-<N>/results.json`) or once (its `results.json`). For every arm and seed
 the table reads EnergyNet's test accuracy, energy savings (gates charged),
-`selective_blocks`, `distinct_paths` and the per-image energy std, and
+`selective_blocks`, `distinct_paths`, the per-image energy std, its training
+wall time and time per epoch against the baseline's (with the CPU the
+reproduction ran on), what the per-image choice is worth where
+`shuffle_control.json` / `shuffle_control_within_class.json` (`tools.evaluate
+--shuffle_control=N [--shuffle_within_class] --out=...`) lie beside the
+results.json, and
 computes `static_gap_points` against the static front of the same seed: the
 plain networks in that seed's `results.json` (`--static_depths`) or, for an
 arm run without them, in the first arm's results of that seed (arms that
@@ -42,7 +47,16 @@ QUANTITIES = (
     ("selective_blocks", "selective blocks", 1.0, ""),
     ("distinct_paths", "distinct paths", 1.0, ""),
     ("per_image_energy_std", "per-image energy std (of E_total)", 1.0, ""),
+    ("choice_worth_points", "choice worth (points)", 1.0, ""),
+    ("choice_worth_within_class_points", "within class (points)", 1.0, ""),
+    ("wall_seconds", "EnergyNet training (s)", 1.0, " s"),
+    ("epoch_time_ratio", "time per epoch vs baseline", 1.0, "x"),
 )
+# Digits in the table (2 where not named).
+DIGITS = {"per_image_energy_std": 4, "selective_blocks": 1, "distinct_paths": 1, "wall_seconds": 0}
+# `tools.evaluate --shuffle_control=N --out=...` files beside an arm's (or seed's) results.json.
+SHUFFLE_FILES = {"choice_worth_points": "shuffle_control.json",
+                 "choice_worth_within_class_points": "shuffle_control_within_class.json"}
 
 
 def _define_flags():
@@ -101,6 +115,8 @@ def load_arm(directory, flag="--arms"):
             results["energynet"]["test_accuracy"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UsageError(f"{flag}: {path} is not a reproduction's results ({e})") from None
+        results["choice_worth"] = {key: _shuffle_points(os.path.join(os.path.dirname(path), name), flag)
+                                   for key, name in SHUFFLE_FILES.items()}
         out[seed] = results
     return out
 
@@ -117,6 +133,26 @@ def read_static_csv(path):
         return [(float(r["relative_energy"]), float(r["test_accuracy"])) for r in rows]
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise UsageError(f"--static_csv={path} is not a tools.static_front CSV ({e})") from None
+
+
+def _shuffle_points(path, flag):
+    """`decision_value_points` of a `tools.evaluate --shuffle_control` file (None where there is none)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return float(json.load(f)["shuffle_control"]["decision_value_points"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{flag}: {path} is not a tools.evaluate --shuffle_control output ({e})") from None
+
+
+def _epoch_time_ratio(energynet, baseline):
+    """EnergyNet's training seconds per epoch over the baseline's (None where either is missing)."""
+    try:
+        ratio = (energynet["wall_seconds"] / energynet["epochs"]) / (baseline["wall_seconds"] / baseline["epochs"])
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+    return float(ratio)
 
 
 def _front_of(results):
@@ -148,6 +184,11 @@ def row(results, front, front_source):
         "selective_blocks": None if selective is None else len(selective),
         "distinct_paths": energynet.get("distinct_paths"),
         "per_image_energy_std": per_image.get("std"),
+        "choice_worth_points": (results.get("choice_worth") or {}).get("choice_worth_points"),
+        "choice_worth_within_class_points": (results.get("choice_worth") or {}).get("choice_worth_within_class_points"),
+        "wall_seconds": energynet.get("wall_seconds"),
+        "epoch_time_ratio": _epoch_time_ratio(energynet, results["baseline"]),
+        "cpu": results.get("cpu"),
         "baseline_test_accuracy": float(results["baseline"]["test_accuracy"]),
         "skip_ratio_per_block": energynet.get("skip_ratio_per_block"),
     }
@@ -229,27 +270,34 @@ def markdown(ablation, command):
     for arm in ablation["arms"]:
         s = arm["summary"]
         seeds = len(arm["rows"])
-        cells = [_cell(s[key], scale, unit, 4 if key == "per_image_energy_std" else
-                       (1 if key in ("selective_blocks", "distinct_paths") else 2), seeds)
-                 for key, _, scale, unit in QUANTITIES]
+        cells = [_cell(s[key], scale, unit, DIGITS.get(key, 2), seeds) for key, _, scale, unit in QUANTITIES]
         versus = arm["versus_reference"]
         cells += ["-", "-"] if versus is None else [_cell(versus["accuracy_points"], 1.0, "", seeds=seeds),
                                                     _cell(versus["gap_points"], 1.0, "", seeds=seeds)]
         lines.append(f"| {arm['label']} | {len(arm['rows'])} | " + " | ".join(cells) + " |")
     lines += ["", "| arm | seed | test accuracy | energy savings | static gap | selective | paths | "
-                  "per-image std | baseline | skip ratio per gated block |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "per-image std | choice worth | within class | training | per epoch vs baseline | CPU | baseline | "
+                  "skip ratio per gated block |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm in ablation["arms"]:
         for r in arm["rows"]:
             gap = "n/a" if r["static_gap_points"] is None else f"{r['static_gap_points']:+.2f}"
             skips = ", ".join(f"{v:.2f}".rstrip("0").rstrip(".") for v in (r["skip_ratio_per_block"] or []))
             std = "n/a" if r["per_image_energy_std"] is None else f"{r['per_image_energy_std']:.4f}"
+            worth, within, wall, ratio = (_number(r[k], f) for k, f in (
+                ("choice_worth_points", "{:+.2f}"), ("choice_worth_within_class_points", "{:+.2f}"),
+                ("wall_seconds", "{:,.0f} s"), ("epoch_time_ratio", "{:.2f}x")))
             lines.append(f"| {arm['label']} | {r['seed']} | {100 * r['test_accuracy']:.2f}% | "
                          f"{100 * r['energy_savings']:.1f}% | {gap} | {r['selective_blocks']} | {r['distinct_paths']} | "
-                         f"{std} | {100 * r['baseline_test_accuracy']:.2f}% | {skips} |")
+                         f"{std} | {worth} | {within} | {wall} | {ratio} | {r['cpu'] or 'n/a'} | "
+                         f"{100 * r['baseline_test_accuracy']:.2f}% | {skips} |")
     lines += ["", "Fronts: " + "; ".join(f"seed {seed}: {front['source']} ("
                                          + ", ".join(f"{100 * a:.2f}% at {e:.3f}" for e, a in front["points"]) + ")"
                                          for seed, front in sorted(ablation["fronts"].items()))]
     return "\n".join(lines) + "\n"
+
+
+def _number(value, fmt):
+    return "n/a" if value is None else fmt.format(value)
 
 
 def plot(ablation, path):

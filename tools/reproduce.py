@@ -593,6 +593,8 @@ def reproduce_one(preset, out, data_dir, command, ship_dir=None, static_depths=(
                         baseline["wall_seconds"] + energynet["wall_seconds"], command, static=static,
                         pattern=pattern_metrics, sweep=sweep)
     results["tool_wall_seconds"] = wall
+    # The CPU of this invocation (a reused baseline may have trained elsewhere; its wall time is its own).
+    results["cpu"] = cli.cpu_description()
     io_utils.atomic_write_json(os.path.join(out, "results.json"), results)
     io_utils.atomic_write_text(os.path.join(out, "results.md"), results_markdown(results))
     plot(results, baseline.get("history", []), energynet.get("history", []),
