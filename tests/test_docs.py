@@ -149,12 +149,28 @@ def test_every_link_and_image_of_a_page_resolves(page):
         text = f.read()
     missing = []
     for target in re.findall(r"\]\(([^)\s]+)\)", text):
-        if re.match(r"[a-z]+://", target) or target.startswith("#"):
+        if re.match(r"[a-z]+://", target):
             continue
-        path = os.path.normpath(os.path.join(REPO, os.path.dirname(page), target.split("#")[0]))
+        name, _, anchor = target.partition("#")
+        path = os.path.normpath(os.path.join(REPO, os.path.dirname(page), name)) if name else os.path.join(REPO, page)
         if not os.path.exists(path):
             missing.append(target)
+        elif anchor and path.endswith(".md") and anchor not in _anchors(path):
+            missing.append(f"{target} (no such heading)")
     assert not missing, f"{page}: {missing}"
+
+
+def _anchors(path):
+    """The GitHub anchors of a Markdown file's headings (lowercased, punctuation dropped, spaces to '-')."""
+    with open(path) as f:
+        text = re.sub(r"```.*?```", "", f.read(), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#{1,6} +(.+?) *$", text, flags=re.M)}
+
+
+def test_anchors_follow_githubs_rule():
+    assert _anchors(os.path.join(REPO, "docs", "experiments", "cpu-preset.md")) >= {
+        "the-machines-speed-one-resnet-38-epoch-alone"}
 
 
 def test_every_study_is_in_the_index():
