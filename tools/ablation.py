@@ -49,7 +49,7 @@ QUANTITIES = (
     ("per_image_energy_std", "per-image energy std (of E_total)", 1.0, ""),
     ("choice_worth_points", "choice worth (points)", 1.0, ""),
     ("choice_worth_within_class_points", "within class (points)", 1.0, ""),
-    ("wall_seconds", "EnergyNet training (s)", 1.0, " s"),
+    ("wall_seconds", "EnergyNet training", 1.0, " s"),
     ("epoch_time_ratio", "time per epoch vs baseline", 1.0, "x"),
 )
 # Digits in the table (2 where not named).
