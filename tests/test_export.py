@@ -165,6 +165,7 @@ def test_tflite_single_takes_one_image_and_dense_a_resizable_batch(tmp_path):
         export.convert_to_tflite(model, "sideways")
 
 
+@pytest.mark.slow  # 14 s; like the overhead probes, the sub-network export serves tools.bench_latency only
 def test_subnetwork_of_an_images_decisions_gives_its_logits(tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
